@@ -1,0 +1,57 @@
+"""Expanding an experiment into runs, each identified by the hash of its fully resolved config.
+
+The hash covers everything that changes a result (data and its options, backbone, the init's *content* hash,
+strategy, label fraction, seed, schedule) and nothing that does not (hardware, output folder), so re-running an
+experiment on another machine skips what is finished and a changed checkpoint file is never mistaken for the old.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+from medtransfer.bench.store import config_hash
+from medtransfer.config import DatasetConfig, ExperimentConfig, InitConfig
+from medtransfer.finetune.strategies import Strategy
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    dataset: DatasetConfig
+    dataset_label: str
+    init: InitConfig
+    strategy: Strategy
+    fraction: float
+    seed: int
+
+    def labels(self) -> dict:
+        return {"dataset": self.dataset_label, "init": self.init.name, "strategy": self.strategy.label(),
+                "fraction": self.fraction, "seed": self.seed}
+
+    def resolved(self, cfg: ExperimentConfig, init_sha256: str | None) -> dict:
+        return {"dataset": self.dataset.model_dump(mode="json"), "backbone": cfg.backbone.model_dump(mode="json"),
+                "init": {"kind": _init_kind(self.init), "sha256": init_sha256},
+                "strategy": self.strategy.model_dump(mode="json"), "fraction": self.fraction, "seed": self.seed,
+                "train": cfg.train.model_dump(mode="json")}
+
+    def run_id(self, cfg: ExperimentConfig, init_sha256: str | None) -> str:
+        return config_hash(self.resolved(cfg, init_sha256))
+
+
+def _init_kind(init: InitConfig) -> str:
+    return "checkpoint" if init.checkpoint or init.pretrain else "random"
+
+
+def dataset_labels(datasets: list[DatasetConfig]) -> list[str]:
+    """Dataset names, disambiguated by their options when one name appears twice (e.g. two image sizes)."""
+    names = [d.name for d in datasets]
+    return [d.name if names.count(d.name) == 1 else
+            f"{d.name}[{','.join(f'{k}={v}' for k, v in sorted(d.options.items()))}]" for d in datasets]
+
+
+def expand(cfg: ExperimentConfig) -> list[RunSpec]:
+    """inits x datasets x strategies x label fractions x seeds, in an order that finishes whole seeds early."""
+    labels = dataset_labels(cfg.datasets)
+    return [RunSpec(dataset, label, init, strategy, fraction, seed)
+            for seed, (dataset, label), init, fraction, strategy in itertools.product(
+                cfg.seeds, zip(cfg.datasets, labels), cfg.inits, cfg.label_fractions, cfg.strategies)]

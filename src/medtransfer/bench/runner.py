@@ -1,0 +1,176 @@
+"""Running an experiment: validate everything, pre-train what the inits need, then fine-tune every unfinished run.
+
+Bad input fails in ``prepare`` — before any training — with one clear error: missing files, wrong channel counts,
+NaN labels, an empty class after subsetting, a checkpoint that does not fit. Each finished run is committed to the
+SQLite store the moment it ends, so a crash or Ctrl-C loses at most the run in flight, which the next invocation
+redoes; finished runs are never run twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import traceback
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+from lightning.pytorch.utilities import rank_zero_only
+from tqdm.auto import tqdm
+
+from medtransfer.bench.grid import RunSpec, dataset_labels, expand
+from medtransfer.bench.store import ResultStore
+from medtransfer.config import ExperimentConfig, InitConfig, PretrainConfig, load_config
+from medtransfer.data import ImageDataset, label_fraction_indices, load_dataset
+from medtransfer.data.fractions import describe_subset
+from medtransfer.errors import ConfigError
+from medtransfer.finetune.train import fine_tune
+from medtransfer.models.checkpoint import load_backbone_weights, read_metadata, read_weights, sha256_file
+from medtransfer.models.factory import create_backbone
+from medtransfer.pretrain.run import check_options, pretrain
+
+
+@dataclass
+class Prepared:
+    data: dict[str, ImageDataset] = field(default_factory=dict)
+    input_size: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    subsets: dict[tuple[str, float, int], np.ndarray] = field(default_factory=dict)
+    init_files: dict[str, Path | None] = field(default_factory=dict)
+    init_sha256: dict[str, str | None] = field(default_factory=dict)
+    pretrain_configs: dict[str, PretrainConfig] = field(default_factory=dict)
+
+
+@dataclass
+class RunSummary:
+    folder: Path
+    total: int
+    skipped: int
+    done: int
+    failed: list[str]
+
+
+def quiet_lightning() -> None:
+    """Lightning's per-run banners and tips drown a grid's progress bar; errors and warnings that matter stay."""
+    for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", message=".*(LeafSpec|does not have many workers|litlogger|TPU).*")
+
+
+def _input_size(cfg_resize: int | None, data: ImageDataset) -> tuple[int, ...]:
+    return (cfg_resize,) * data.spatial_dims if cfg_resize else data.image_size
+
+
+def _pretrain_config(init: InitConfig) -> PretrainConfig:
+    return load_config(init.pretrain, PretrainConfig) if isinstance(init.pretrain, Path) else init.pretrain
+
+
+def _check_fits(cfg: ExperimentConfig, state: dict, source: str, prepared: Prepared) -> None:
+    """Load ``state`` into a fresh backbone for every dataset, so misfits surface before training."""
+    for label, data in prepared.data.items():
+        backbone = create_backbone(cfg.backbone.name, data.in_chans, prepared.input_size[label],
+                                   cfg.backbone.small_stem, spatial_dims=data.spatial_dims)
+        load_backbone_weights(backbone, state, source)
+
+
+def prepare(cfg: ExperimentConfig) -> Prepared:
+    """Everything that can be checked without training, checked; no pre-training or fine-tuning happens here."""
+    prepared = Prepared()
+    for ds_cfg, label in zip(cfg.datasets, dataset_labels(cfg.datasets)):
+        data = load_dataset(ds_cfg.name, **ds_cfg.options)
+        prepared.data[label], prepared.input_size[label] = data, _input_size(ds_cfg.resize, data)
+        backbone = create_backbone(cfg.backbone.name, data.in_chans, prepared.input_size[label],
+                                   cfg.backbone.small_stem, spatial_dims=data.spatial_dims)
+        backbone.view(cfg.backbone.view or backbone.default_view)
+        for strategy in cfg.strategies:  # a range that selects no unit of this backbone fails here, not mid-grid
+            strategy.prepare(create_backbone(cfg.backbone.name, data.in_chans, prepared.input_size[label],
+                                             cfg.backbone.small_stem), cfg.backbone.view or backbone.default_view)
+        for fraction in cfg.label_fractions:
+            for seed in cfg.seeds:
+                prepared.subsets[label, fraction, seed] = label_fraction_indices(
+                    data.train.labels, data.task, fraction, seed)
+    for init in cfg.inits:
+        if init.checkpoint is not None:
+            _check_fits(cfg, read_weights(init.checkpoint), str(init.checkpoint), prepared)
+            prepared.init_files[init.name] = init.checkpoint
+            prepared.init_sha256[init.name] = sha256_file(init.checkpoint)
+        elif init.pretrain is not None:
+            pcfg = _pretrain_config(init)
+            check_options(pcfg)
+            if (pcfg.backbone.name, pcfg.backbone.small_stem) != (cfg.backbone.name, cfg.backbone.small_stem):
+                raise ConfigError(f"inits ({init.name}): pre-training uses backbone {pcfg.backbone.name} "
+                                  f"(small_stem={pcfg.backbone.small_stem}) but the experiment fine-tunes "
+                                  f"{cfg.backbone.name} (small_stem={cfg.backbone.small_stem}); make them equal")
+            load_dataset(pcfg.data.name, **pcfg.data.options)
+            prepared.pretrain_configs[init.name] = pcfg
+        else:
+            prepared.init_files[init.name] = prepared.init_sha256[init.name] = None
+    return prepared
+
+
+def run_pretrainings(prepared: Prepared, folder: Path, verbose: bool) -> None:
+    """Run (or reuse) each pre-training init inside the experiment folder; its checkpoint hash keys the runs."""
+    for name, pcfg in prepared.pretrain_configs.items():
+        from medtransfer.pretrain.run import default_output
+        checkpoint = pretrain(pcfg, pcfg.output or default_output(pcfg, folder / "pretrain"), verbose=verbose)
+        prepared.init_files[name] = checkpoint
+        prepared.init_sha256[name] = sha256_file(checkpoint)
+
+
+def run_one(cfg: ExperimentConfig, spec: RunSpec, prepared: Prepared, workdir: Path, verbose: bool):
+    data = prepared.data[spec.dataset_label]
+    input_size = prepared.input_size[spec.dataset_label]
+    L.seed_everything(spec.seed, workers=True, verbose=False)  # fixes the head and any random init
+    backbone = create_backbone(cfg.backbone.name, data.in_chans, input_size, cfg.backbone.small_stem,
+                               spatial_dims=data.spatial_dims)
+    init_file = prepared.init_files[spec.init.name]
+    if init_file is not None:
+        load_backbone_weights(backbone, read_weights(init_file), str(init_file))
+    view = cfg.backbone.view or backbone.default_view
+    indices = prepared.subsets[spec.dataset_label, spec.fraction, spec.seed]
+    return fine_tune(data, indices, backbone, spec.strategy, view, cfg.train, cfg.hardware, spec.seed, workdir,
+                     input_size=input_size, verbose=verbose), indices
+
+
+def run_experiment(cfg: ExperimentConfig, folder: str | Path | None = None, verbose: bool = False,
+                   fail_fast: bool = False, progress: bool = True) -> RunSummary:
+    """Run every unfinished run of ``cfg`` into ``folder`` (default: ``cfg.output`` or runs/<name>)."""
+    folder = Path(folder or cfg.output or Path("runs") / cfg.name)
+    if not verbose:
+        quiet_lightning()
+    prepared = prepare(cfg)
+    store = ResultStore(folder)
+    run_pretrainings(prepared, folder, verbose)
+    specs = expand(cfg)
+    writer = rank_zero_only.rank == 0  # under DDP every process runs the grid; only rank 0 writes results
+    ids = [spec.run_id(cfg, prepared.init_sha256[spec.init.name]) for spec in specs]
+    todo = [(spec, rid) for spec, rid in zip(specs, ids) if store.status(rid) != "done"]
+    failed: list[str] = []
+    bar = tqdm(todo, desc=cfg.name, unit="run", disable=not progress or not writer)
+    for spec, run_id in bar:
+        labels = spec.labels()
+        bar.set_postfix_str(f"{labels['init']} | {labels['strategy']} | {labels['fraction']:g} | seed {spec.seed}")
+        if writer:
+            store.start(run_id, spec.resolved(cfg, prepared.init_sha256[spec.init.name]), labels)
+        try:
+            result, indices = run_one(cfg, spec, prepared, store.run_dir(run_id), verbose)
+        except KeyboardInterrupt:
+            if writer:
+                store.fail(run_id, "interrupted by the user", status="interrupted")
+            raise
+        except Exception as err:  # noqa: BLE001 - one failed run must not stop the grid unless asked to
+            if writer:
+                store.fail(run_id, "".join(traceback.format_exception_only(err)).strip() + "\n" + traceback.format_exc())
+            failed.append(f"{labels}: {err}")
+            if fail_fast:
+                raise
+            continue
+        if writer:
+            data = prepared.data[spec.dataset_label]
+            store.save_predictions(run_id, **result.predictions)
+            store.finish(run_id, result.metrics, result.per_class, result.val_metrics, result.timings, extra={
+                "best_epoch": result.best_epoch, "epochs_run": result.epochs_run, "n_train": int(len(indices)),
+                "class_counts": describe_subset(data.train.labels, data.task, indices),
+                "trainable_params": result.trainable_params, "total_params": result.total_params,
+                "init_file": str(prepared.init_files[spec.init.name] or "")})
+    return RunSummary(folder, len(specs), len(specs) - len(todo), len(todo) - len(failed), failed)

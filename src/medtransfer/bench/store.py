@@ -1,0 +1,277 @@
+"""Results store: one SQLite row per benchmark run, keyed by the hash of its resolved config.
+
+A benchmark is hundreds of runs over days, often from several processes sharing one folder,
+and may be killed at any moment. SQLite gives that for free: every change below is a single
+transaction (a killed process leaves the previous state, never half a row), WAL journaling lets
+readers work while a writer commits, and the lock ``timeout`` makes concurrent writers wait
+instead of failing. A killed run simply stays "running"; starting it again restarts it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import socket
+import sqlite3
+import subprocess
+import tempfile
+from contextlib import closing, contextmanager
+from datetime import datetime, timezone
+from functools import lru_cache
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import pandas as pd
+
+from medtransfer.errors import MedtransferError, allowed
+
+SCHEMA_VERSION = 1
+STATUSES = ("running", "done", "failed", "interrupted")
+LABELS = ("dataset", "init", "strategy", "fraction", "seed")
+JSON_COLUMNS = ("config", "metrics", "per_class", "val_metrics", "timings", "extra", "versions")
+_RESULT_COLUMNS = ("finished_at", "metrics", "per_class", "val_metrics", "timings", "extra", "error")
+PACKAGES = ("numpy", "torch", "timm", "monai", "lightning", "lightly", "medtransfer")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    run_id      TEXT PRIMARY KEY,
+    status      TEXT NOT NULL,
+    dataset     TEXT NOT NULL,
+    init        TEXT NOT NULL,
+    strategy    TEXT NOT NULL,
+    fraction    REAL NOT NULL,
+    seed        INTEGER NOT NULL,
+    attempts    INTEGER NOT NULL,
+    started_at  TEXT NOT NULL,
+    finished_at TEXT,
+    config      TEXT NOT NULL,
+    metrics     TEXT,
+    per_class   TEXT,
+    val_metrics TEXT,
+    timings     TEXT,
+    extra       TEXT,
+    error       TEXT,
+    versions    TEXT NOT NULL,
+    git_commit  TEXT,
+    hostname    TEXT NOT NULL
+)
+"""
+
+
+def _json_default(obj: Any) -> Any:
+    """Encode the non-JSON types a resolved config or metric dict commonly holds."""
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, np.generic | np.ndarray):
+        return obj.tolist()
+    raise TypeError(f"cannot encode {type(obj).__name__} as JSON: {obj!r}")
+
+
+def _dumps(obj: Any) -> str:
+    # sorted keys and no whitespace make the text canonical; json writes floats with repr
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=_json_default)
+
+
+def config_hash(config: dict) -> str:
+    """sha256 hex of the canonical JSON of ``config``: equal configs give equal ids in any key order."""
+    return hashlib.sha256(_dumps(config).encode()).hexdigest()
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+@lru_cache(maxsize=1)
+def _environment() -> tuple[str, str | None, str]:
+    """(versions JSON, git commit, hostname), recorded so a surprising number can be traced later."""
+    versions = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return _dumps(versions), _git_commit(), socket.gethostname()
+
+
+def _git(*args: str) -> str | None:
+    """stdout of a git command run in the package folder, or None on any failure (no git, no repo)."""
+    try:
+        out = subprocess.run(
+            ["git", *args], cwd=Path(__file__).resolve().parent, capture_output=True, text=True, timeout=10
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return (out.stdout.strip() or None) if out.returncode == 0 else None
+
+
+def _git_commit() -> str | None:
+    """HEAD of the medtransfer source checkout; None for an install that git does not track
+    (e.g. a wheel in a virtual environment that happens to sit inside some other repository)."""
+    if _git("ls-files", "--error-unmatch", Path(__file__).name) is None:
+        return None
+    return _git("rev-parse", "--verify", "HEAD")
+
+
+class ResultStore:
+    """The runs of one experiment folder, shared safely between processes."""
+
+    def __init__(self, folder: str | Path, timeout: float = 60.0):
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.path = self.folder / "results.sqlite"
+        self.timeout = timeout
+        with closing(self._connect()) as con:
+            con.execute("PRAGMA journal_mode=WAL")  # persistent; must run outside a transaction
+        with self._transaction() as con:
+            version = con.execute("PRAGMA user_version").fetchone()[0]
+            if version not in (0, SCHEMA_VERSION):
+                raise MedtransferError(
+                    f"{self.path} has schema version {version}; this medtransfer reads version {SCHEMA_VERSION}"
+                )
+            con.execute(_SCHEMA)
+            con.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    def _connect(self) -> sqlite3.Connection:
+        # autocommit mode: transactions are opened explicitly in _transaction
+        con = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None)
+        con.row_factory = sqlite3.Row
+        return con
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction; IMMEDIATE takes the write lock up front so read-check-write is atomic."""
+        with closing(self._connect()) as con:
+            con.execute("BEGIN IMMEDIATE")
+            try:
+                yield con
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+            con.execute("COMMIT")
+
+    def _status(self, con: sqlite3.Connection, run_id: str) -> str | None:
+        row = con.execute("SELECT status FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+        return None if row is None else row["status"]
+
+    def run_dir(self, run_id: str) -> Path:
+        """Folder for a run's files; 16 hex digits keep paths short and are unique in practice."""
+        path = self.folder / "runs" / run_id[:16]
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def status(self, run_id: str) -> str | None:
+        """None if the run was never started, else one of STATUSES."""
+        with closing(self._connect()) as con:
+            return self._status(con, run_id)
+
+    def start(self, run_id: str, config: dict, labels: dict) -> None:
+        """Record a run as running; a running, failed or interrupted run is restarted (attempts + 1).
+
+        Starting a "done" run raises ValueError: a finished result is never overwritten.
+        """
+        if set(labels) != set(LABELS):
+            raise ValueError(f"labels must have exactly the keys {allowed(LABELS)}, got {allowed(labels)}")
+        versions, commit, host = _environment()
+        values = {
+            "run_id": run_id,
+            "status": "running",
+            "started_at": _now(),
+            "config": _dumps(config),
+            "versions": versions,
+            "git_commit": commit,
+            "hostname": host,
+            **{key: str(labels[key]) for key in ("dataset", "init", "strategy")},
+            "fraction": float(labels["fraction"]),
+            "seed": int(labels["seed"]),
+        }
+        with self._transaction() as con:
+            current = self._status(con, run_id)
+            if current == "done":
+                raise ValueError(f"run {run_id} is already done; refusing to overwrite a finished result")
+            if current is None:
+                columns = ", ".join(values)
+                con.execute(
+                    f"INSERT INTO runs ({columns}, attempts) VALUES ({', '.join(':' + c for c in values)}, 1)",
+                    values,
+                )
+            else:
+                assignments = ", ".join(f"{c} = :{c}" for c in values if c != "run_id")
+                cleared = ", ".join(f"{c} = NULL" for c in _RESULT_COLUMNS)
+                con.execute(
+                    f"UPDATE runs SET {assignments}, {cleared}, attempts = attempts + 1 WHERE run_id = :run_id",
+                    values,
+                )
+
+    def _end(self, run_id: str, allowed_from: tuple[str, ...], **values: Any) -> None:
+        """Move a run to a final state, refusing transitions that would overwrite a result."""
+        with self._transaction() as con:
+            current = self._status(con, run_id)
+            if current not in allowed_from:
+                raise ValueError(f"run {run_id} is {current or 'not started'}; expected {' or '.join(allowed_from)}")
+            assignments = ", ".join(f"{c} = :{c}" for c in values)
+            con.execute(
+                f"UPDATE runs SET {assignments}, finished_at = :now WHERE run_id = :run_id",
+                {**values, "now": _now(), "run_id": run_id},
+            )
+
+    def finish(
+        self,
+        run_id: str,
+        metrics: dict[str, float],
+        per_class: dict[str, list[float]],
+        val_metrics: dict[str, float],
+        timings: dict[str, float],
+        extra: dict | None = None,
+    ) -> None:
+        """Store a running run's results and mark it done, all in one transaction."""
+        self._end(
+            run_id,
+            ("running",),
+            status="done",
+            metrics=_dumps(metrics),
+            per_class=_dumps(per_class),
+            val_metrics=_dumps(val_metrics),
+            timings=_dumps(timings),
+            extra=_dumps(extra or {}),
+        )
+
+    def fail(self, run_id: str, error: str, status: str = "failed") -> None:
+        """Mark a run failed or interrupted with its error text; a done run is never touched."""
+        if status not in ("failed", "interrupted"):
+            raise ValueError(f"status must be 'failed' or 'interrupted', got {status!r}")
+        self._end(run_id, ("running", "failed", "interrupted"), status=status, error=str(error))
+
+    def save_predictions(self, run_id: str, **arrays: np.ndarray) -> Path:
+        """Write run_dir/test_predictions.npz via a temp file and os.replace, so readers never see half a file."""
+        target = self.run_dir(run_id) / "test_predictions.npz"
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".test_predictions.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                np.savez_compressed(f, **arrays)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return target
+
+    def rows(self, status: str | None = "done") -> pd.DataFrame:
+        """One row per run (all runs if ``status`` is None), JSON decoded, metrics also as "metric.<name>"."""
+        if status is not None and status not in STATUSES:
+            raise ValueError(f"unknown status {status!r}; allowed: {allowed(STATUSES)}")
+        query = "SELECT * FROM runs" + ("" if status is None else " WHERE status = ?") + " ORDER BY rowid"
+        with closing(self._connect()) as con:
+            cursor = con.execute(query, () if status is None else (status,))
+            columns = [d[0] for d in cursor.description]
+            records = [dict(zip(columns, row)) for row in cursor.fetchall()]
+        for record in records:
+            for column in JSON_COLUMNS:
+                record[column] = None if record[column] is None else json.loads(record[column])
+            for name, value in (record["metrics"] or {}).items():
+                record[f"metric.{name}"] = value
+        return pd.DataFrame(records, columns=columns + sorted({c for r in records for c in r} - set(columns)))

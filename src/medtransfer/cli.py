@@ -1,0 +1,161 @@
+"""``medtransfer`` command line: a thin layer over the Python API (run, pretrain, results, describe, list)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from medtransfer import __version__
+from medtransfer.errors import MedtransferError
+
+
+def _run(args) -> int:
+    from medtransfer.bench.runner import run_experiment
+    from medtransfer.bench.store import ResultStore
+    from medtransfer.config import ExperimentConfig, load_config
+    from medtransfer.report.tables import format_table, summary_table
+
+    cfg = load_config(args.experiment, ExperimentConfig)
+    summary = run_experiment(cfg, args.output, verbose=args.verbose, fail_fast=args.fail_fast,
+                             progress=not args.no_progress)
+    rows = ResultStore(summary.folder).rows()
+    if len(rows):
+        print(format_table(summary_table(rows, args.metric), args.metric))
+    print(f"\n{summary.done} run(s) done, {summary.skipped} already finished, {len(summary.failed)} failed "
+          f"of {summary.total}")
+    for failure in summary.failed:
+        print(f"  failed: {failure}", file=sys.stderr)
+    print(f"results: {summary.folder.resolve()}")
+    return 1 if summary.failed else 0
+
+
+def _pretrain(args) -> int:
+    from medtransfer.bench.runner import quiet_lightning
+    from medtransfer.config import PretrainConfig, load_config
+    from medtransfer.pretrain.run import pretrain
+
+    cfg = load_config(args.config, PretrainConfig)
+    if not args.verbose:
+        quiet_lightning()
+    print(f"checkpoint: {pretrain(cfg, args.output, verbose=args.verbose).resolve()}")
+    return 0
+
+
+def _results(args) -> int:
+    from medtransfer.bench.store import ResultStore
+    from medtransfer.report.tables import format_table, summary_table
+
+    folder = Path(args.folder)
+    if not (folder / "results.sqlite").exists():
+        raise MedtransferError(f"{folder}: no results.sqlite here; pass the experiment folder printed by 'run'")
+    store = ResultStore(folder)
+    rows = store.rows()
+    if not len(rows):
+        print("no finished runs yet")
+    else:
+        summary = summary_table(rows, args.metric)
+        print(format_table(summary, args.metric))
+        if args.csv:
+            summary.to_csv(args.csv, index=False)
+    unfinished = store.rows(status=None)
+    unfinished = unfinished[unfinished["status"] != "done"]
+    if len(unfinished):
+        print(f"\nunfinished: {unfinished['status'].value_counts().to_dict()} (run the experiment again to redo)")
+    return 0
+
+
+def _describe(args) -> int:
+    from medtransfer.models.depth import describe_units
+    from medtransfer.models.factory import backbone_spec, create_backbone
+
+    spec = backbone_spec(args.backbone)
+    size = args.input_size or (224 if spec.spatial_dims == 2 else 64)
+    backbone = create_backbone(args.backbone, args.in_chans, size, small_stem=args.small_stem)
+    views = [args.view] if args.view else list(backbone.views)
+    total = sum(p.numel() for p in backbone.parameters())
+    print(f"{args.backbone}: {spec.description}; {spec.spatial_dims}D, {total:,} parameters, "
+          f"input {backbone.in_chans}x{'x'.join(map(str, backbone.input_size))}")
+    for view in views:
+        print(f"\nview '{view}'" + (" (default)" if view == backbone.default_view else ""))
+        print(f"{'unit':>4}  {'quarter':<7} {'depth':<9} {'steps':<24} {'out ch':>6} {'params':>12} {'share':>6}")
+        for row in describe_units(backbone, view):
+            print(f"{row['unit']:>4}  {row['quarter']:<7} {row['depth']:<9} {row['steps']:<24} {row['channels']:>6} "
+                  f"{row['params']:>12,} {row['param_share']:>6.1%}")
+    return 0
+
+
+def _list(args) -> int:
+    from medtransfer.data import DATASETS
+    from medtransfer.evaluate import METRICS
+    from medtransfer.finetune.strategies import QUARTER_SHORTHANDS, STRATEGIES
+    from medtransfer.models.factory import BACKBONES
+    from medtransfer.pretrain import METHODS
+
+    print("datasets:   " + ", ".join(DATASETS))
+    print("backbones:  " + ", ".join(f"{n} ({s.spatial_dims}D)" for n, s in BACKBONES.items())
+          + ", or any timm ResNet/ViT name")
+    print("strategies: " + ", ".join(list(STRATEGIES) + list(QUARTER_SHORTHANDS)))
+    print("methods:    " + ", ".join(METHODS))
+    print("metrics:    " + ", ".join(METRICS))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="medtransfer", description="Which pre-training, and which way of "
+                                     "fine-tuning it, serves a medical-imaging task with few labels?")
+    parser.add_argument("--version", action="version", version=f"medtransfer {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run an experiment grid (skips finished runs)",
+                         description="Expand EXPERIMENT into inits x datasets x strategies x label fractions x seeds "
+                         "and run every unfinished run; results go to a SQLite store in the output folder.")
+    run.add_argument("experiment", type=Path, help="experiment YAML file")
+    run.add_argument("--output", type=Path, help="experiment folder (default: 'output' in the file, or runs/NAME)")
+    run.add_argument("--metric", default="auc", help="metric of the printed table (default: auc)")
+    run.add_argument("--fail-fast", action="store_true", help="stop at the first failed run")
+    run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run.add_argument("--verbose", action="store_true", help="show Lightning's per-run output")
+    run.set_defaults(func=_run)
+
+    pre = sub.add_parser("pretrain", help="self-supervised pre-training of a backbone",
+                         description="Pre-train a backbone on a dataset's images (labels unused) with one of the "
+                         "methods listed by 'medtransfer list'; writes backbone.safetensors + backbone.json.")
+    pre.add_argument("config", type=Path, help="pre-training YAML file")
+    pre.add_argument("--output", type=Path, help="output folder (default: 'output' in the file)")
+    pre.add_argument("--verbose", action="store_true", help="show Lightning's output")
+    pre.set_defaults(func=_pretrain)
+
+    res = sub.add_parser("results", help="mean ± std over seeds of an experiment folder")
+    res.add_argument("folder", type=Path, help="experiment folder (holds results.sqlite)")
+    res.add_argument("--metric", default="auc", help="metric to summarise (default: auc)")
+    res.add_argument("--csv", type=Path, help="also write the summary to this CSV file")
+    res.set_defaults(func=_results)
+
+    desc = sub.add_parser("describe", help="a backbone's depth units with their share of depth and parameters")
+    desc.add_argument("backbone", help="backbone name (see 'medtransfer list')")
+    desc.add_argument("--view", help="unit convention (default: all views)")
+    desc.add_argument("--in-chans", type=int, default=3, help="input channels (default: 3)")
+    desc.add_argument("--input-size", type=int, help="input size (default: 224 for 2D, 64 for 3D)")
+    desc.add_argument("--small-stem", action="store_true", help="MedMNIST-style 3x3 stem without max-pool")
+    desc.set_defaults(func=_describe)
+
+    lst = sub.add_parser("list", help="registered datasets, backbones, strategies, methods and metrics")
+    lst.set_defaults(func=_list)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except MedtransferError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted: finished runs are stored; run the same command again to continue", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,267 @@
+"""Experiment and pre-training files: YAML validated into typed models before anything runs.
+
+Every error names the key, the bad value and what is allowed. Relative paths are relative to the YAML file, so an
+experiment folder can be moved or shared as a whole.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import yaml
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator,
+                      model_validator)
+from typing_extensions import Annotated
+
+from medtransfer.errors import ConfigError, allowed
+
+
+def _relative_to_file(value: Optional[Path], info: ValidationInfo) -> Optional[Path]:
+    base = (info.context or {}).get("base")
+    if value is None or base is None or value.is_absolute():
+        return value
+    return (Path(base) / value).resolve()
+
+
+FilePath = Annotated[Path, AfterValidator(_relative_to_file)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DatasetConfig(Strict):
+    """A dataset by registry name; any other key is an option of its loader (``root``, ``size``, ``n_train`` ...)."""
+
+    name: str
+    resize: Optional[int] = Field(None, ge=8, description="network input size; e.g. 224 for MedMNIST '(224)'")
+    options: dict[str, Any] = {}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _collect_options(cls, data: Any, info: ValidationInfo):
+        if isinstance(data, str):
+            data = {"name": data}
+        if isinstance(data, dict):
+            data = dict(data)
+            options = dict(data.pop("options", {}) or {})
+            options.update({k: data.pop(k) for k in list(data) if k not in cls.model_fields})
+            base = (info.context or {}).get("base")
+            if base is not None and "root" in options and not Path(options["root"]).expanduser().is_absolute():
+                options["root"] = str((Path(base) / options["root"]).resolve())
+            data["options"] = options
+        return data
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, name: str) -> str:
+        from medtransfer.data import DATASETS
+        if name not in DATASETS:
+            raise ValueError(f"unknown dataset {name!r}; allowed: {allowed(DATASETS)}")
+        return name
+
+
+class BackboneConfig(Strict):
+    name: str = "resnet18"
+    small_stem: bool = False
+    view: Optional[str] = Field(None, description="depth-unit convention; default: the backbone's first view")
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, name: str) -> str:
+        from medtransfer.models.factory import backbone_spec
+        backbone_spec(name)
+        return name
+
+
+class TrainConfig(Strict):
+    """Fine-tuning schedule. Defaults are the MedMNIST v2 protocol (Adam 1e-3, batch 128, 100 epochs, lr x0.1 at
+    50 % and 75 %, no augmentation, model selected on validation AUC)."""
+
+    epochs: int = Field(100, ge=1)
+    batch_size: int = Field(128, ge=1)
+    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    schedule: Literal["multistep", "cosine", "none"] = "multistep"
+    milestones: list[float] = [0.5, 0.75]
+    gamma: float = Field(0.1, gt=0)
+    monitor: str = "auc"
+    early_stopping_patience: Optional[int] = Field(None, ge=1)
+    min_samples_per_epoch: int = Field(0, ge=0, description="repeat a small labelled subset to this many per epoch")
+    augment: Literal["none", "flip", "light"] = "none"
+    dropout: float = Field(0.0, ge=0, lt=1)
+    keep_checkpoints: bool = False
+
+    @field_validator("monitor")
+    @classmethod
+    def _metric(cls, name: str) -> str:
+        from medtransfer.evaluate import METRICS
+        if name != "loss" and name not in METRICS:
+            raise ValueError(f"unknown metric {name!r}; allowed: {allowed(list(METRICS) + ['loss'])}")
+        return name
+
+
+class HardwareConfig(Strict):
+    accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps"] = "auto"
+    devices: Union[int, Literal["auto"]] = 1
+    num_nodes: int = Field(1, ge=1)
+    ddp: bool = False
+    precision: Literal["auto", "32-true", "16-mixed", "bf16-mixed"] = "auto"
+    channels_last: bool = True
+    deterministic: bool = True
+
+
+class PretrainConfig(Strict):
+    """Self-supervised pre-training of a backbone on a dataset's images; labels are never read."""
+
+    method: str = "simclr"
+    data: DatasetConfig
+    backbone: BackboneConfig = BackboneConfig()
+    init: Optional[FilePath] = Field(None, description="continue from this checkpoint instead of random weights")
+    epochs: int = Field(100, ge=1)
+    batch_size: int = Field(256, ge=2)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    warmup_epochs: int = Field(0, ge=0)
+    method_options: dict[str, Any] = {}
+    views: dict[str, Any] = {}
+    seed: int = 0
+    hardware: HardwareConfig = HardwareConfig()
+    output: Optional[FilePath] = None
+
+    @field_validator("method")
+    @classmethod
+    def _known(cls, name: str) -> str:
+        from medtransfer.pretrain import METHODS
+        if name not in METHODS:
+            raise ValueError(f"unknown method {name!r}; allowed: {allowed(METHODS)}")
+        return name
+
+
+class InitConfig(Strict):
+    """Where fine-tuning starts: random (neither key), a checkpoint file, or a medtransfer pre-training."""
+
+    label: Optional[str] = None
+    checkpoint: Optional[FilePath] = None
+    pretrain: Optional[Union[FilePath, PretrainConfig]] = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, data: Any):
+        if data == "random":
+            return {"label": "random"}
+        if isinstance(data, str):
+            raise ValueError(f"{data!r} is not an init; allowed: 'random', {{checkpoint: FILE}}, "
+                             "{pretrain: PRETRAIN.yaml or an inline pre-training config}")
+        return data
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        if self.checkpoint is not None and self.pretrain is not None:
+            raise ValueError("give either checkpoint or pretrain, not both")
+        return self
+
+    @property
+    def name(self) -> str:
+        if self.label:
+            return self.label
+        if self.checkpoint is not None:
+            return self.checkpoint.stem
+        if self.pretrain is not None:
+            return self.pretrain.stem if isinstance(self.pretrain, Path) else self.pretrain.method
+        return "random"
+
+
+class ExperimentConfig(Strict):
+    """A grid: inits x datasets x strategies x label fractions x seeds, all sharing one backbone and schedule."""
+
+    name: str
+    output: Optional[FilePath] = None
+    datasets: list[DatasetConfig] = Field(min_length=1)
+    backbone: BackboneConfig = BackboneConfig()
+    inits: list[InitConfig] = Field(default_factory=lambda: [InitConfig(label="random")], min_length=1)
+    strategies: list[Any] = Field(default_factory=lambda: ["end_to_end"], min_length=1)
+    label_fractions: list[float] = Field(default_factory=lambda: [1.0], min_length=1)
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    train: TrainConfig = TrainConfig()
+    hardware: HardwareConfig = HardwareConfig()
+
+    @field_validator("strategies")
+    @classmethod
+    def _strategies(cls, specs: list) -> list:
+        from medtransfer.finetune.strategies import parse_strategy
+        parsed = [parse_strategy(s, key=f"strategies[{i}]") for i, s in enumerate(specs)]
+        labels = [s.label() for s in parsed]
+        if len(set(labels)) != len(labels):
+            raise ValueError(f"duplicate strategies: {labels}")
+        return parsed
+
+    @field_validator("label_fractions")
+    @classmethod
+    def _fractions(cls, fractions: list[float]) -> list[float]:
+        bad = [f for f in fractions if not 0 < f <= 1]
+        if bad:
+            raise ValueError(f"{bad} outside (0, 1]; a label fraction is a share of the training labels, e.g. 0.01")
+        return sorted(set(fractions))
+
+    @model_validator(mode="after")
+    def _unique_inits(self):
+        names = [i.name for i in self.inits]
+        if len(set(names)) != len(names):
+            raise ValueError(f"inits need distinct labels, got {names}; add 'label:' to tell them apart")
+        return self
+
+
+def _allowed_keys(model: type[BaseModel], loc: tuple) -> list[str]:
+    """Walk ``loc`` through nested models to list the keys allowed where an unknown key was found."""
+    for part in loc[:-1]:
+        field = model.model_fields.get(part) if isinstance(part, str) else None
+        if field is None:
+            continue
+        candidates = [field.annotation, *getattr(field.annotation, "__args__", ())]
+        nested = [c for c in candidates for c in (c, *getattr(c, "__args__", ()))
+                  if isinstance(c, type) and issubclass(c, BaseModel)]
+        if nested:
+            model = nested[0]
+    return list(model.model_fields)
+
+
+def format_validation_error(err: ValidationError, model: type[BaseModel], source: str) -> ConfigError:
+    lines = []
+    for e in err.errors():
+        loc = tuple(e["loc"])
+        key = ".".join(str(p) for p in loc) or "(top level)"
+        if e["type"] == "extra_forbidden":
+            lines.append(f"{key}: unknown key; allowed here: {allowed(_allowed_keys(model, loc))}")
+        elif e["type"] == "missing":
+            lines.append(f"{key}: required key is missing")
+        else:
+            msg = e["msg"].removeprefix("Value error, ")
+            lines.append(f"{key}: {e.get('input')!r} rejected: {msg}")
+    return ConfigError(f"{source}: " + "; ".join(lines))
+
+
+def load_config(path: str | Path, model: type[BaseModel]):
+    """Read and validate a YAML file into ``model``; every failure is one ConfigError naming file and key."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such file")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: malformed YAML: {err}") from err
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of keys at the top level, got {type(data).__name__}")
+    return validate_config(data, model, source=str(path), base=path.parent.resolve())
+
+
+def validate_config(data: dict, model: type[BaseModel], source: str = "config", base: Path | None = None):
+    try:
+        return model.model_validate(data, context={"base": base})
+    except ValidationError as err:
+        raise format_validation_error(err, model, source) from None
+    except ConfigError as err:  # raised by registries inside validators
+        raise ConfigError(f"{source}: {err}") from None

@@ -1,0 +1,37 @@
+"""Datasets: one registry from name to loader, so configs name a dataset and its options and nothing else.
+
+Every loader returns a validated `ImageDataset` (uint8 channel-first images, int64 labels, train/val/test).
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from typing import Callable
+
+from medtransfer.data.base import TASKS, ImageDataset, Split
+from medtransfer.data.fractions import label_fraction_indices
+from medtransfer.data.medmnist import MEDMNIST_NAMES, load_medmnist
+from medtransfer.data.synthetic import synthetic2d, synthetic3d
+from medtransfer.errors import DataError, allowed
+
+DATASETS: dict[str, Callable[..., ImageDataset]] = {
+    "synthetic2d": synthetic2d,
+    "synthetic3d": synthetic3d,
+    **{n: functools.partial(load_medmnist, n) for n in MEDMNIST_NAMES},
+}
+
+
+def load_dataset(name: str, /, **options) -> ImageDataset:
+    """Load a registered dataset, rejecting unknown names and options with the allowed ones listed."""
+    if name not in DATASETS:
+        raise DataError(f"dataset {name!r} is unknown; allowed: {allowed(DATASETS)}")
+    loader = DATASETS[name]
+    accepted = inspect.signature(loader).parameters
+    for key in options:
+        if key not in accepted:
+            raise DataError(f"dataset {name}: option {key!r} is unknown; allowed: {allowed(accepted)}")
+    return loader(**options).validate()
+
+
+__all__ = ["DATASETS", "TASKS", "ImageDataset", "Split", "label_fraction_indices", "load_dataset"]

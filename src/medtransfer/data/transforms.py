@@ -1,0 +1,103 @@
+"""Batched, on-device image transforms (kornia), so a GPU is fed uint8 batches and never waits on 2 CPU cores.
+
+Two users: ``Preprocess`` turns a uint8 batch into the normalised float input of fine-tuning (MedMNIST protocol:
+scale to [0, 1], normalise with mean 0.5 / std 0.5, no augmentation by default), and ``MedicalViews`` makes the
+random views of self-supervised pre-training. Views are built for medical images: crops, flips, small rotations
+and intensity changes; colour jitter only when the data really has three colour channels.
+"""
+
+from __future__ import annotations
+
+import kornia.augmentation as K
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+AUGMENTS = ("none", "flip", "light")
+
+
+def to_unit_range(x: torch.Tensor, size: tuple[int, ...] | None = None) -> torch.Tensor:
+    """uint8 -> float in [0, 1], resized (bi/trilinear) when ``size`` differs from the stored size."""
+    x = x.float() / 255.0
+    if size is not None and tuple(x.shape[2:]) != tuple(size):
+        x = F.interpolate(x, size=size, mode="bilinear" if x.ndim == 4 else "trilinear", align_corners=False)
+    return x
+
+
+def _fine_tune_augment(kind: str, spatial_dims: int) -> nn.Module | None:
+    if kind == "none":
+        return None
+    if spatial_dims == 2:
+        ops = [K.RandomHorizontalFlip()]
+        if kind == "light":  # the transfer benchmark's ±7° rotation plus a little shift and zoom
+            ops.append(K.RandomAffine(degrees=7.0, translate=(0.05, 0.05), scale=(0.9, 1.1), p=0.8))
+    else:
+        ops = [K.RandomHorizontalFlip3D(), K.RandomDepthicalFlip3D()]
+        if kind == "light":
+            ops.append(K.RandomAffine3D(degrees=7.0, scale=(0.9, 1.1), p=0.8))
+    return nn.Sequential(*ops)
+
+
+class Preprocess(nn.Module):
+    """uint8 batch -> normalised float batch, with optional training-time augmentation."""
+
+    def __init__(self, spatial_dims: int, size: tuple[int, ...] | None = None, augment: str = "none",
+                 mean: float = 0.5, std: float = 0.5):
+        super().__init__()
+        if augment not in AUGMENTS:
+            raise ValueError(f"augment: {augment!r}; allowed: {', '.join(AUGMENTS)}")
+        self.size, self.mean, self.std = size, mean, std
+        self.augment = _fine_tune_augment(augment, spatial_dims)
+
+    def forward(self, x: torch.Tensor, train: bool = False) -> torch.Tensor:
+        x = to_unit_range(x, self.size)
+        if train and self.augment is not None:
+            x = self.augment(x)
+        return (x - self.mean) / self.std
+
+
+class _AsSlices(nn.Module):
+    """Apply a 2D intensity op to a volume by folding depth into channels: the random factor is drawn per volume,
+    as it should be, and the op itself is element-wise so folding changes nothing else."""
+
+    def __init__(self, op: nn.Module):
+        super().__init__()
+        self.op = op
+
+    def forward(self, x):
+        b, c, d, h, w = x.shape
+        return self.op(x.reshape(b, c * d, h, w)).reshape(b, c, d, h, w)
+
+
+class MedicalViews(nn.Module):
+    """Random views for joint-embedding SSL (SimCLR-style), 2D or 3D, applied to a [0, 1] batch on its device.
+
+    Defaults follow SimCLR's recipe minus what breaks medical images: no colour jitter on single-channel data,
+    no vertical flips (anatomy has an up), rotations small.
+    """
+
+    def __init__(self, spatial_dims: int, in_chans: int, size: tuple[int, ...], crop_scale=(0.3, 1.0),
+                 rotation: float = 10.0, brightness: float = 0.3, contrast: float = 0.3, gamma=(0.7, 1.5),
+                 blur_p: float = 0.3, noise_std: float = 0.03):
+        super().__init__()
+        intensity = [
+            K.RandomBrightness((1 - brightness, 1 + brightness), p=0.8),
+            K.RandomContrast((1 - contrast, 1 + contrast), p=0.8),
+            K.RandomGamma(gamma, p=0.5),
+            K.RandomGaussianNoise(std=noise_std, p=0.5),
+        ]
+        if spatial_dims == 2:
+            ops = [K.RandomResizedCrop(tuple(size), scale=tuple(crop_scale)), K.RandomHorizontalFlip(),
+                   K.RandomRotation(rotation, p=0.5)]
+            if in_chans == 3:
+                ops.append(K.ColorJiggle(0.0, 0.0, 0.4, 0.05, p=0.8))
+            ops += intensity + [K.RandomGaussianBlur((3, 3), (0.1, 1.0), p=blur_p)]
+        else:
+            zoom = 1.0 / crop_scale[0] ** (1 / 3)  # zooming in by s^(-1/3) per axis keeps a fraction s of the volume
+            ops = [K.RandomAffine3D(degrees=rotation, scale=((1.0, zoom),) * 3, p=1.0),
+                   K.RandomHorizontalFlip3D(), K.RandomDepthicalFlip3D()]
+            ops += [_AsSlices(op) for op in intensity]
+        self.ops = nn.Sequential(*ops)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.ops(x).clamp(0.0, 1.0)

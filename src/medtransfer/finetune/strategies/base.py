@@ -1,0 +1,53 @@
+"""The strategy contract and the one definition of "frozen" every strategy shares.
+
+Frozen means: ``requires_grad=False``, left out of the optimizer (so no optimizer state), and BatchNorm kept in
+eval mode so its running statistics never change (``Classifier.train`` enforces the last part). Depth ranges
+always refer to the *full* network's depth, before any truncation.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict
+from torch import nn
+
+from medtransfer.models.backbones import Backbone, owns
+from medtransfer.models.heads import Classifier
+
+
+class Strategy(BaseModel):
+    """A way of fine-tuning: structural changes and freezing (``prepare``), learning rates (``param_groups``) and
+    training-time behaviour (``callbacks``). Subclasses are pydantic models, so YAML parameters are validated."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    name: str
+
+    def label(self) -> str:
+        """Short, unique text used in tables and run folders."""
+        return self.name
+
+    def prepare(self, backbone: Backbone, view: str) -> None:
+        """Truncate and freeze before the head is attached and the optimizer built."""
+
+    def param_groups(self, model: Classifier, lr: float, view: str) -> list[dict]:
+        return [{"params": trainable(model), "lr": lr}]
+
+    def callbacks(self) -> list:
+        return []
+
+
+def trainable(module: nn.Module) -> list[nn.Parameter]:
+    return [p for p in module.parameters() if p.requires_grad]
+
+
+def set_frozen(backbone: Backbone, prefixes, frozen: bool = True) -> None:
+    """(Un)freeze every parameter of ``backbone.model`` under one of ``prefixes``."""
+    prefixes = tuple(prefixes)
+    for name, param in backbone.model.named_parameters():
+        if any(owns(p, name) for p in prefixes):
+            param.requires_grad_(not frozen)
+
+
+def freeze_units_except(backbone: Backbone, view: str, keep_trainable: list[int]) -> None:
+    """Freeze every unit of ``view`` whose index is not in ``keep_trainable``."""
+    for i, prefixes in enumerate(backbone.unit_prefixes(view)):
+        set_frozen(backbone, prefixes, frozen=i not in keep_trainable)

@@ -1,0 +1,12 @@
+"""Linear probe: the whole backbone is frozen (BatchNorm statistics included); only the linear head learns."""
+
+from typing import Literal
+
+from medtransfer.finetune.strategies.base import Strategy, freeze_units_except
+
+
+class Linear(Strategy):
+    name: Literal["linear"] = "linear"
+
+    def prepare(self, backbone, view):
+        freeze_units_except(backbone, view, keep_trainable=[])

@@ -1,0 +1,138 @@
+"""``fine_tune``: one run — train on a labelled subset, select on validation, test once on the selected weights.
+
+Lightning runs the loop, so the same call scales to several GPUs or nodes (``hardware.ddp``), mixed precision and
+checkpointing. Model selection and early stopping read the validation split only; the test split is evaluated once,
+on the checkpoint with the best validation score.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
+from torch.utils.data import DataLoader, RandomSampler, TensorDataset
+
+from medtransfer.config import HardwareConfig, TrainConfig
+from medtransfer.data.base import ImageDataset, Split
+from medtransfer.data.transforms import Preprocess
+from medtransfer.finetune.module import FineTuner
+from medtransfer.finetune.strategies import Strategy
+from medtransfer.models.backbones import Backbone
+from medtransfer.models.heads import Classifier
+
+
+@dataclass
+class FineTuneResult:
+    metrics: dict[str, float]
+    per_class: dict[str, list[float]]
+    val_metrics: dict[str, float]
+    predictions: dict[str, np.ndarray]
+    timings: dict[str, float] = field(default_factory=dict)
+    best_epoch: int = -1
+    epochs_run: int = 0
+    trainable_params: int = 0
+    total_params: int = 0
+
+
+def tensor_dataset(split: Split, indices: np.ndarray | None = None) -> TensorDataset:
+    """(index, uint8 image, label) triples; uint8 keeps host memory and host-to-device copies 4x smaller."""
+    idx = np.arange(len(split)) if indices is None else np.asarray(indices)
+    return TensorDataset(torch.from_numpy(idx), torch.from_numpy(split.images[idx]), torch.from_numpy(split.labels[idx]))
+
+
+def trainer_kwargs(hw: HardwareConfig, spatial_dims: int) -> dict:
+    """Lightning Trainer settings from the hardware section: DDP by a flag, mixed precision on GPU by default."""
+    on_gpu = hw.accelerator in ("gpu", "cuda") or (hw.accelerator == "auto" and torch.cuda.is_available())
+    precision = hw.precision
+    if precision == "auto":
+        precision = ("bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed") if on_gpu else "32-true"
+    return dict(accelerator=hw.accelerator, devices=hw.devices, num_nodes=hw.num_nodes,
+                strategy="ddp" if hw.ddp else "auto", precision=precision,
+                deterministic="warn" if hw.deterministic else False,
+                benchmark=not hw.deterministic and on_gpu)
+
+
+def _uses_channels_last(hw: HardwareConfig, backbone: Backbone) -> bool:
+    on_gpu = hw.accelerator in ("gpu", "cuda") or (hw.accelerator == "auto" and torch.cuda.is_available())
+    return hw.channels_last and on_gpu and backbone.spatial_dims == 2 and backbone.family != "vit"
+
+
+def fine_tune(data: ImageDataset, train_indices: np.ndarray, backbone: Backbone, strategy: Strategy, view: str,
+              train: TrainConfig, hardware: HardwareConfig, seed: int, workdir: Path,
+              input_size: tuple[int, ...] | None = None, verbose: bool = False) -> FineTuneResult:
+    """Fine-tune ``backbone`` (already initialised) on ``train_indices`` of ``data.train``; returns test metrics.
+
+    The caller seeds before building the backbone; this function re-seeds so the head, data order and
+    augmentation are fixed by ``seed`` too.
+    """
+    L.seed_everything(seed, workers=True, verbose=False)
+    workdir = Path(workdir)
+    strategy.prepare(backbone, view)
+    model = Classifier(backbone, data.num_classes, dropout=train.dropout)
+    channels_last = _uses_channels_last(hardware, backbone)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    module = FineTuner(model, data.task, strategy, view, train, Preprocess(data.spatial_dims, size=input_size,
+                       augment=train.augment), channels_last=channels_last)
+
+    train_set = tensor_dataset(data.train, train_indices)
+    per_epoch = max(len(train_set), train.min_samples_per_epoch)
+    generator = torch.Generator().manual_seed(seed)
+    sampler = RandomSampler(train_set, num_samples=per_epoch, generator=generator)
+    train_loader = DataLoader(train_set, batch_size=train.batch_size, sampler=sampler,
+                              drop_last=per_epoch > train.batch_size)  # a size-1 last batch would break BatchNorm
+    eval_loader = lambda split: DataLoader(tensor_dataset(split), batch_size=max(train.batch_size, 256))  # noqa: E731
+
+    monitor = f"val/{train.monitor}"
+    mode = "min" if train.monitor == "loss" else "max"
+    ckpt = ModelCheckpoint(dirpath=workdir / "checkpoints", monitor=monitor, mode=mode, save_top_k=1,
+                           save_weights_only=True, filename="best")
+    callbacks = [ckpt, *strategy.callbacks()]
+    if train.early_stopping_patience:
+        callbacks.append(EarlyStopping(monitor, mode=mode, patience=train.early_stopping_patience,
+                                       check_finite=False))
+    trainer = L.Trainer(max_epochs=train.epochs, callbacks=callbacks, default_root_dir=workdir,
+                        logger=CSVLogger(workdir, name="", version=""), enable_progress_bar=verbose,
+                        enable_model_summary=False, num_sanity_val_steps=0, log_every_n_steps=1,
+                        **trainer_kwargs(hardware, data.spatial_dims))
+    start = time.perf_counter()
+    trainer.fit(module, train_loader, eval_loader(data.val))
+    fitted = time.perf_counter()
+    val_metrics = {k.removeprefix("val/"): float(v) for k, v in trainer.callback_metrics.items()
+                   if k.startswith("val/")}
+    best_epoch = _best_epoch(workdir / "metrics.csv", monitor, mode)
+    trainer.test(module, eval_loader(data.test), ckpt_path=ckpt.best_model_path or None, verbose=False,
+                 weights_only=True)
+    tested = time.perf_counter()
+    if not train.keep_checkpoints:
+        shutil.rmtree(workdir / "checkpoints", ignore_errors=True)
+    result = module.test_result or {}
+    return FineTuneResult(
+        metrics=result.get("metrics", {}), per_class=result.get("per_class", {}), val_metrics=val_metrics,
+        predictions=result.get("predictions", {}),
+        timings={"fit_s": fitted - start, "test_s": tested - fitted},
+        best_epoch=best_epoch, epochs_run=trainer.current_epoch,
+        trainable_params=sum(p.numel() for p in model.parameters() if p.requires_grad),
+        total_params=sum(p.numel() for p in model.parameters()))
+
+
+def _best_epoch(metrics_csv: Path, monitor: str, mode: str) -> int:
+    """The epoch whose validation score was selected, read back from the CSV log (−1 if unavailable)."""
+    if not metrics_csv.exists():
+        return -1
+    import pandas as pd
+    log = pd.read_csv(metrics_csv)
+    if monitor not in log:
+        return -1
+    scores = log[["epoch", monitor]].dropna()
+    if scores.empty:
+        return -1
+    row = scores[monitor].idxmax() if mode == "max" else scores[monitor].idxmin()
+    return int(scores.loc[row, "epoch"])

@@ -1,0 +1,230 @@
+"""Backbones seen as an ordered list of depth *steps* (stem, residual block, transformer block, encoder stage).
+
+Fine-tuning strategies speak about depth ("train only 25-50 %", "keep 0-75 %"), so every backbone exposes the same
+three things whatever library built it: its steps in forward order, named *views* that group steps into units
+(see ``depth.py``), and a forward that can stop after any step. The wrapped timm/MONAI module keeps its native
+parameter names, so medtransfer checkpoints are plain timm/MONAI state dicts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from medtransfer.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Step:
+    """One indivisible piece of depth: ``prefixes`` are the parameter-name prefixes it owns in ``Backbone.model``."""
+
+    name: str
+    prefixes: tuple[str, ...]
+    stage: int  # index of the native resolution stage (used for multi-scale feature maps and the stage view)
+
+
+def owns(prefix: str, name: str) -> bool:
+    """True when parameter/module ``name`` lies under ``prefix`` (dot-boundary match, so layer1 never owns layer10)."""
+    return name == prefix or name.startswith(prefix + ".")
+
+
+class Backbone(nn.Module):
+    """A feature extractor whose depth can be cut, frozen or decayed by unit.
+
+    Subclasses build ``self.model`` and ``self.steps`` and implement ``run_step`` and ``pool``. ``views`` maps a
+    convention name to a function grouping step indices into units.
+    """
+
+    family = "base"
+    first_conv = ""  # state-dict key of the input convolution weight, adapted to the data's channel count
+    finish_prefixes: tuple[str, ...] = ()  # modules applied after the last kept step (e.g. a ViT's final norm)
+
+    def __init__(self, name: str, model: nn.Module, steps: list[Step], spatial_dims: int, in_chans: int,
+                 input_size: tuple[int, ...], small_stem: bool):
+        super().__init__()
+        self.name, self.model, self.steps = name, model, list(steps)
+        self.spatial_dims, self.in_chans, self.input_size, self.small_stem = spatial_dims, in_chans, input_size, small_stem
+        self._check_ownership()
+        self.step_channels = self._probe_channels()
+
+    # --- what subclasses provide -------------------------------------------------------------------------------
+    def run_step(self, step: Step, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def pool(self, x: torch.Tensor) -> torch.Tensor:
+        """Global average pooling over all spatial dimensions; transformers override with their token pooling."""
+        return x.mean(dim=tuple(range(2, x.ndim)))
+
+    def finish(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def to_map(self, x: torch.Tensor) -> torch.Tensor:
+        """A step output as a (B, C, *spatial) map; token sequences override this."""
+        return x
+
+    @property
+    def views(self) -> dict[str, list[list[int]]]:
+        """Unit conventions: every view partitions all step indices, in order."""
+        return {"stage": self._group_by_stage(join_stem=True)}
+
+    # --- shared behaviour ------------------------------------------------------------------------------------
+    @property
+    def default_view(self) -> str:
+        return next(iter(self.views))
+
+    @property
+    def num_features(self) -> int:
+        return self.step_channels[-1]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Pooled features of the last kept step."""
+        for step in self.steps:
+            x = self.run_step(step, x)
+        return self.pool(self.finish(x))
+
+    def feature_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Multi-scale maps, one per native stage (the output of its last kept step), for dense decoders."""
+        maps = []
+        for i, step in enumerate(self.steps):
+            x = self.run_step(step, x)
+            if i + 1 == len(self.steps) or self.steps[i + 1].stage != step.stage:
+                maps.append(self.to_map(self.finish(x) if i + 1 == len(self.steps) else x))
+        return maps
+
+    def truncate(self, n_steps: int) -> None:
+        """Keep the first ``n_steps`` steps and delete the modules of the rest, so they own no parameters."""
+        if not 1 <= n_steps <= len(self.steps):
+            raise ConfigError(f"truncate: cannot keep {n_steps} of {len(self.steps)} steps of {self.name}")
+        for step in self.steps[n_steps:]:
+            for prefix in step.prefixes:
+                parent_name, _, leaf = prefix.rpartition(".")
+                parent = self.model.get_submodule(parent_name) if parent_name else self.model
+                setattr(parent, leaf, nn.Identity())
+        self.steps = self.steps[:n_steps]
+        self.step_channels = self.step_channels[:n_steps]
+
+    def unit_prefixes(self, view: str) -> list[tuple[str, ...]]:
+        """Parameter prefixes of each unit of ``view``; the last unit also owns the modules applied after it."""
+        groups = self.view(view)
+        units = [tuple(p for i in g for p in self.steps[i].prefixes) for g in groups]
+        units[-1] = units[-1] + self.finish_prefixes
+        return units
+
+    def view(self, name: str) -> list[list[int]]:
+        views = self.views
+        if name not in views:
+            raise ConfigError(f"backbone.view: {name!r} is not a view of {self.name}; allowed: {', '.join(views)}")
+        return views[name]
+
+    def _group_by_stage(self, join_stem: bool) -> list[list[int]]:
+        """One unit per native stage; the stem (stage 0) joins the first stage, as in ResNet's stage view."""
+        groups: dict[int, list[int]] = {}
+        for i, step in enumerate(self.steps):
+            stage = 1 if (join_stem and step.stage == 0) else step.stage
+            groups.setdefault(stage, []).append(i)
+        return list(groups.values())
+
+    def _check_ownership(self) -> None:
+        """Every parameter must belong to exactly one step (or to the finish modules) so freezing is exhaustive."""
+        prefixes = [p for s in self.steps for p in s.prefixes] + list(self.finish_prefixes)
+        for name, _ in self.model.named_parameters():
+            owners = [p for p in prefixes if owns(p, name)]
+            if len(owners) != 1:
+                raise AssertionError(f"{self.name}: parameter {name} owned by {owners or 'no step'}")
+
+    @torch.no_grad()
+    def _probe_channels(self) -> list[int]:
+        was_training = self.training
+        self.eval()
+        x = torch.zeros(2, self.in_chans, *self.input_size)
+        channels = []
+        for step in self.steps:
+            x = self.run_step(step, x)
+            channels.append(int(self.to_map(x).shape[1]))
+        self.train(was_training)
+        return channels
+
+
+class ResNetBackbone(Backbone):
+    """timm ResNets (2D) and MONAI ResNets (3D): stem + residual blocks, stage view and block view."""
+
+    family = "resnet"
+    first_conv = "conv1.weight"
+
+    def __init__(self, name, model, spatial_dims, in_chans, input_size, small_stem):
+        act = "act1" if hasattr(model, "act1") else "act"  # timm names it act1, MONAI act
+        self._stem = ("conv1", "bn1", act, "maxpool")
+        steps = [Step("stem", self._stem, 0)]
+        for stage in range(1, 5):
+            layer = getattr(model, f"layer{stage}")
+            steps += [Step(f"layer{stage}.{j}", (f"layer{stage}.{j}",), stage) for j in range(len(layer))]
+        super().__init__(name, model, steps, spatial_dims, in_chans, input_size, small_stem)
+
+    def run_step(self, step, x):
+        if step.name == "stem":
+            for part in self._stem:
+                x = getattr(self.model, part)(x)
+            return x
+        return self.model.get_submodule(step.name)(x)
+
+    @property
+    def views(self):
+        blocks = [[i] for i in range(1, len(self.steps))]
+        if blocks:
+            blocks[0] = [0] + blocks[0]  # the stem joins the first block (REFERENCE: ResNet block view)
+        return {"stage": self._group_by_stage(join_stem=True), "block": blocks or [[0]]}
+
+
+class ViTBackbone(Backbone):
+    """timm Vision Transformers: patch embedding (+ tokens, positions) joined to block 0, then one unit per block."""
+
+    family = "vit"
+    first_conv = "patch_embed.proj.weight"
+    finish_prefixes = ("norm", "fc_norm")
+
+    def __init__(self, name, model, spatial_dims, in_chans, input_size, small_stem):
+        embed = tuple(p for p in ("patch_embed", "cls_token", "reg_token", "pos_embed", "norm_pre")
+                      if hasattr(model, p) and getattr(model, p) is not None)
+        steps = [Step("embed", embed, 0)] + [Step(f"blocks.{i}", (f"blocks.{i}",), 1) for i in range(len(model.blocks))]
+        super().__init__(name, model, steps, spatial_dims, in_chans, input_size, small_stem)
+
+    def run_step(self, step, x):
+        m = self.model
+        if step.name == "embed":
+            return m.norm_pre(m.patch_drop(m._pos_embed(m.patch_embed(x))))
+        return m.get_submodule(step.name)(x)
+
+    def finish(self, x):
+        return self.model.norm(x)
+
+    def pool(self, x):
+        return self.model.forward_head(x, pre_logits=True)
+
+    def to_map(self, x):
+        if x.ndim != 3:
+            return x
+        tokens = x[:, self.model.num_prefix_tokens:]
+        h, w = self.model.patch_embed.grid_size
+        return tokens.transpose(1, 2).reshape(x.shape[0], -1, h, w)
+
+    @property
+    def views(self):
+        blocks = [[i] for i in range(1, len(self.steps))]
+        blocks[0] = [0] + blocks[0]
+        return {"block": blocks}
+
+
+class UNetEncoderBackbone(Backbone):
+    """MONAI BasicUNet's encoder (conv_0, down_1..down_4): one down stage per quarter, conv_0 joining the first."""
+
+    family = "unet_encoder"
+    first_conv = "conv_0.conv_0.conv.weight"
+
+    def __init__(self, name, model, spatial_dims, in_chans, input_size, small_stem):
+        steps = [Step("conv_0", ("conv_0",), 0)] + [Step(f"down_{i}", (f"down_{i}",), i) for i in range(1, 5)]
+        super().__init__(name, model, steps, spatial_dims, in_chans, input_size, small_stem)
+
+    def run_step(self, step, x):
+        return getattr(self.model, step.name)(x)

@@ -1,0 +1,140 @@
+"""medtransfer's one checkpoint format: backbone weights in safetensors + a small JSON of metadata beside them.
+
+safetensors cannot execute code when read, unlike pickle; the JSON keeps what a user needs to reuse the weights
+(method, backbone, channels, input size, dataset, epochs, version, the chain of inits) readable without torch.
+Foreign ``.pth/.pt/.ckpt`` files are read with ``weights_only=True`` only.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from timm.models import adapt_input_conv
+
+from medtransfer import __version__
+from medtransfer.errors import CheckpointError
+from medtransfer.models.backbones import Backbone
+
+FORMAT = "medtransfer-backbone"
+FORMAT_VERSION = 1
+HEAD_PREFIXES = ("fc.", "head.", "classifier.", "head_drop.")  # classification heads a backbone never needs
+WRAPPER_PREFIXES = ("module.", "backbone.", "model.")
+
+
+def _atomic_write(path: Path, write) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def backbone_metadata(backbone: Backbone) -> dict:
+    return {"name": backbone.name, "spatial_dims": backbone.spatial_dims, "in_chans": backbone.in_chans,
+            "input_size": list(backbone.input_size), "small_stem": backbone.small_stem}
+
+
+def save_backbone(backbone: Backbone, path: str | Path, **metadata) -> Path:
+    """Write ``path`` (.safetensors) and its .json sidecar atomically; returns the .safetensors path."""
+    path = Path(path).with_suffix(".safetensors")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in backbone.model.state_dict().items()}
+    _atomic_write(path, lambda tmp: save_file(state, str(tmp), metadata={"format": FORMAT}))
+    meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "backbone": backbone_metadata(backbone),
+            "medtransfer_version": __version__, "created": dt.datetime.now(dt.timezone.utc).isoformat(),
+            "sha256": sha256_file(path), **metadata}
+    _atomic_write(path.with_suffix(".json"), lambda tmp: tmp.write_text(json.dumps(meta, indent=2, default=str)))
+    return path
+
+
+def read_metadata(path: str | Path) -> dict:
+    """The JSON sidecar of a medtransfer checkpoint, or {} for a foreign weights file."""
+    sidecar = Path(path).with_suffix(".json")
+    if not sidecar.exists():
+        return {}
+    try:
+        return json.loads(sidecar.read_text())
+    except json.JSONDecodeError as err:
+        raise CheckpointError(f"{sidecar}: metadata is not valid JSON ({err})") from err
+
+
+def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    """A flat state dict from a safetensors file, or from a pickle read with ``weights_only=True``."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    if path.suffix == ".safetensors":
+        try:
+            state = load_file(str(path))
+        except (SafetensorError, OSError, ValueError) as err:
+            raise CheckpointError(f"{path}: not a readable safetensors file ({err})") from err
+        meta = read_metadata(path)
+        if meta.get("sha256") and meta["sha256"] != sha256_file(path):
+            raise CheckpointError(f"{path}: sha256 differs from the one recorded in {path.with_suffix('.json')}")
+        return state
+    if path.suffix in (".pth", ".pt", ".ckpt", ".tar"):
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:  # noqa: BLE001 - torch raises many types; all mean "refused"
+            raise CheckpointError(f"{path}: refused; it is not a plain weights file loadable with "
+                                  f"weights_only=True, and medtransfer never unpickles code ({err})") from err
+        return _unwrap(obj, path)
+    raise CheckpointError(f"{path}: unknown checkpoint type {path.suffix!r}; allowed: .safetensors, .pth, .pt, .ckpt")
+
+
+def _unwrap(obj, path: Path) -> dict[str, torch.Tensor]:
+    for key in ("state_dict", "model", "model_state_dict"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+            break
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointError(f"{path}: no state dict of tensors found")
+    for prefix in WRAPPER_PREFIXES:
+        if obj and all(k.startswith(prefix) for k in obj):
+            obj = {k[len(prefix):]: v for k, v in obj.items()}
+    return obj
+
+
+def load_backbone_weights(backbone: Backbone, state: dict[str, torch.Tensor], source: str) -> dict:
+    """Load ``state`` into ``backbone`` exactly: only head keys may be left over; anything else is an error.
+
+    The first convolution is adapted to the data's channel count the timm way (summed for grayscale, repeated and
+    rescaled otherwise) instead of failing or silently repeating the image. Returns what was adapted/ignored.
+    """
+    target = backbone.model.state_dict()
+    state = dict(state)
+    report = {"adapted": [], "ignored": sorted(k for k in state if k not in target and k.startswith(HEAD_PREFIXES))}
+    for key in report["ignored"]:
+        state.pop(key)
+    conv = backbone.first_conv
+    if conv in state and conv in target and state[conv].shape[1] != target[conv].shape[1]:
+        weight = state[conv]
+        flat = weight.reshape(*weight.shape[:3], -1)  # 3D kernels as 2D for timm's adapter, then back
+        adapted = adapt_input_conv(target[conv].shape[1], flat)
+        state[conv] = adapted.reshape(weight.shape[0], adapted.shape[1], *weight.shape[2:])
+        report["adapted"].append(f"{conv}: {weight.shape[1]} -> {target[conv].shape[1]} input channels")
+    missing = sorted(set(target) - set(state))
+    unexpected = sorted(set(state) - set(target))
+    mismatched = sorted(f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(target[k].shape)}"
+                        for k in set(state) & set(target) if state[k].shape != target[k].shape)
+    problems = [f"{label} ({len(keys)}): {', '.join(keys[:8])}{' ...' if len(keys) > 8 else ''}"
+                for label, keys in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", mismatched))
+                if keys]
+    if problems:
+        raise CheckpointError(f"{source} does not fit backbone {backbone.name!r} "
+                              f"(small_stem={backbone.small_stem}): " + "; ".join(problems))
+    backbone.model.load_state_dict(state, strict=True)
+    return report

@@ -1,0 +1,63 @@
+"""The contract every self-supervised method fulfils (after solo-learn's ``BaseMethod``, kept small).
+
+A method owns a backbone plus whatever heads its objective needs, turns a batch of [0, 1] images into a loss in
+``ssl_loss``, and declares its options as a pydantic model so YAML typos fail before training. Optimisation
+(AdamW + linear warm-up + cosine), view generation on the device and logging live here once.
+"""
+
+from __future__ import annotations
+
+import math
+
+import lightning as L
+import torch
+from pydantic import BaseModel, ConfigDict
+
+from medtransfer.data.transforms import MedicalViews, to_unit_range
+from medtransfer.models.backbones import Backbone
+
+
+class MethodOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class BaseMethod(L.LightningModule):
+    Options: type[MethodOptions] = MethodOptions
+    family = "contrastive"  # contrastive | restorative | predictive: decides which depth ranges to try later
+
+    def __init__(self, backbone: Backbone, options: MethodOptions, views: dict, lr: float, weight_decay: float,
+                 epochs: int, warmup_epochs: int, input_size: tuple[int, ...] | None = None):
+        super().__init__()
+        self.backbone, self.options = backbone, options
+        self.input_size = input_size or backbone.input_size
+        self.views = MedicalViews(backbone.spatial_dims, backbone.in_chans, self.input_size, **views)
+        self.lr, self.weight_decay, self.epochs, self.warmup_epochs = lr, weight_decay, epochs, warmup_epochs
+
+    def ssl_loss(self, images: torch.Tensor) -> torch.Tensor:
+        """The method's objective on a batch of [0, 1] images (B, C, *spatial)."""
+        raise NotImplementedError
+
+    def normalise(self, x: torch.Tensor) -> torch.Tensor:
+        """The same normalisation fine-tuning uses, so pre-trained features see familiar inputs."""
+        return (x - 0.5) / 0.5
+
+    def training_step(self, batch, batch_idx):
+        images = to_unit_range(batch[0], self.input_size)
+        loss = self.ssl_loss(images)
+        self.log("pretrain/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(images),
+                 sync_dist=True)
+        return loss
+
+    def configure_optimizers(self):
+        opt = torch.optim.AdamW([p for p in self.parameters() if p.requires_grad], lr=self.lr,
+                                weight_decay=self.weight_decay)
+        steps_per_epoch = max(1, self.trainer.estimated_stepping_batches // max(1, self.trainer.max_epochs))
+        warmup, total = self.warmup_epochs * steps_per_epoch, max(1, self.trainer.estimated_stepping_batches)
+
+        def factor(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
