@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
 import yaml
-from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator,
-                      model_validator)
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError,
+                      ValidationInfo, field_validator, model_validator)
 from typing_extensions import Annotated
 
 from medtransfer.errors import ConfigError, allowed
@@ -141,12 +141,23 @@ class PretrainConfig(Strict):
         return name
 
 
+def _pretrain_source(value: Any) -> str:
+    """A mapping is an inline pre-training, anything else a file; routing by input keeps an error inside an inline
+    config from also being reported as "not a valid path" under pydantic's internal union-member names."""
+    return "inline" if isinstance(value, (dict, BaseModel)) else "file"
+
+
+_PRETRAIN_TAGS = ("file", "inline")
+PretrainSource = Annotated[Union[Annotated[FilePath, Tag("file")], Annotated[PretrainConfig, Tag("inline")]],
+                           Discriminator(_pretrain_source)]
+
+
 class InitConfig(Strict):
     """Where fine-tuning starts: random (neither key), a checkpoint file, or a medtransfer pre-training."""
 
     label: Optional[str] = None
     checkpoint: Optional[FilePath] = None
-    pretrain: Optional[Union[FilePath, PretrainConfig]] = None
+    pretrain: Optional[PretrainSource] = None
 
     @model_validator(mode="before")
     @classmethod
@@ -183,7 +194,7 @@ class ExperimentConfig(Strict):
     datasets: list[DatasetConfig] = Field(min_length=1)
     backbone: BackboneConfig = BackboneConfig()
     inits: list[InitConfig] = Field(default_factory=lambda: [InitConfig(label="random")], min_length=1)
-    strategies: list[Any] = Field(default_factory=lambda: ["end_to_end"], min_length=1)
+    strategies: list[Any] = Field(default_factory=lambda: ["end_to_end"], min_length=1, validate_default=True)
     label_fractions: list[float] = Field(default_factory=lambda: [1.0], min_length=1)
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
     train: TrainConfig = TrainConfig()
@@ -207,12 +218,36 @@ class ExperimentConfig(Strict):
             raise ValueError(f"{bad} outside (0, 1]; a label fraction is a share of the training labels, e.g. 0.01")
         return sorted(set(fractions))
 
-    @model_validator(mode="after")
-    def _unique_inits(self):
-        names = [i.name for i in self.inits]
+    @field_validator("datasets")
+    @classmethod
+    def _unique_datasets(cls, datasets: list[DatasetConfig]) -> list[DatasetConfig]:
+        dumps = [d.model_dump(mode="json") for d in datasets]
+        repeated = [d["name"] for i, d in enumerate(dumps) if d in dumps[:i]]
+        if repeated:  # the same runs twice under one label: the second would try to overwrite the first's results
+            raise ValueError(f"duplicate datasets: {repeated} listed twice with the same options")
+        return datasets
+
+    @field_validator("seeds")
+    @classmethod
+    def _unique_seeds(cls, seeds: list[int]) -> list[int]:
+        if len(set(seeds)) != len(seeds):
+            raise ValueError(f"duplicate seeds: {seeds}; each seed is one repetition of every run")
+        return seeds
+
+    @field_validator("inits")
+    @classmethod
+    def _unique_inits(cls, inits: list[InitConfig]) -> list[InitConfig]:
+        names = [i.name for i in inits]
         if len(set(names)) != len(names):
             raise ValueError(f"inits need distinct labels, got {names}; add 'label:' to tell them apart")
-        return self
+        return inits
+
+
+def _models_in(annotation: Any) -> list[type[BaseModel]]:
+    """The models inside a field's annotation, however deeply nested (Optional, list, Union, Annotated)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [m for arg in getattr(annotation, "__args__", ()) for m in _models_in(arg)]
 
 
 def _allowed_keys(model: type[BaseModel], loc: tuple) -> list[str]:
@@ -221,18 +256,21 @@ def _allowed_keys(model: type[BaseModel], loc: tuple) -> list[str]:
         field = model.model_fields.get(part) if isinstance(part, str) else None
         if field is None:
             continue
-        candidates = [field.annotation, *getattr(field.annotation, "__args__", ())]
-        nested = [c for c in candidates for c in (c, *getattr(c, "__args__", ()))
-                  if isinstance(c, type) and issubclass(c, BaseModel)]
+        nested = _models_in(field.annotation)
         if nested:
             model = nested[0]
     return list(model.model_fields)
 
 
+def _user_loc(loc: tuple) -> tuple:
+    """``loc`` without the union tags pydantic inserts after ``pretrain``, so keys read as they are in the file."""
+    return tuple(p for i, p in enumerate(loc) if not (i and loc[i - 1] == "pretrain" and p in _PRETRAIN_TAGS))
+
+
 def format_validation_error(err: ValidationError, model: type[BaseModel], source: str) -> ConfigError:
     lines = []
     for e in err.errors():
-        loc = tuple(e["loc"])
+        loc = _user_loc(tuple(e["loc"]))
         key = ".".join(str(p) for p in loc) or "(top level)"
         if e["type"] == "extra_forbidden":
             lines.append(f"{key}: unknown key; allowed here: {allowed(_allowed_keys(model, loc))}")
@@ -251,8 +289,11 @@ def load_config(path: str | Path, model: type[BaseModel]):
         raise ConfigError(f"{path}: no such file")
     try:
         data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: malformed YAML: {err}") from err
+    except yaml.YAMLError as err:  # PyYAML's text spans several lines and calls the file "<unicode string>"
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = " ".join(filter(None, (getattr(err, "context", None), getattr(err, "problem", None))))
+        raise ConfigError(f"{path}: malformed YAML{where}: {problem or ' '.join(str(err).split())}") from err
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of keys at the top level, got {type(data).__name__}")
     return validate_config(data, model, source=str(path), base=path.parent.resolve())

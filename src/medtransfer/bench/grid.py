@@ -43,10 +43,14 @@ def _init_kind(init: InitConfig) -> str:
 
 
 def dataset_labels(datasets: list[DatasetConfig]) -> list[str]:
-    """Dataset names, disambiguated by their options when one name appears twice (e.g. two image sizes)."""
+    """Dataset names, disambiguated by their options (and ``resize``) when one name appears twice (e.g. two sizes)."""
     names = [d.name for d in datasets]
+
+    def settings(d: DatasetConfig) -> dict:
+        return {**d.options, **({"resize": d.resize} if d.resize is not None else {})}
+
     return [d.name if names.count(d.name) == 1 else
-            f"{d.name}[{','.join(f'{k}={v}' for k, v in sorted(d.options.items()))}]" for d in datasets]
+            f"{d.name}[{','.join(f'{k}={v}' for k, v in sorted(settings(d).items()))}]" for d in datasets]
 
 
 def expand(cfg: ExperimentConfig) -> list[RunSpec]:

@@ -28,7 +28,7 @@ from medtransfer.errors import ConfigError
 from medtransfer.finetune.train import fine_tune
 from medtransfer.models.checkpoint import load_backbone_weights, read_metadata, read_weights, sha256_file
 from medtransfer.models.factory import create_backbone
-from medtransfer.pretrain.run import check_options, pretrain
+from medtransfer.pretrain.run import check_options, default_output, pretrain
 
 
 @dataclass
@@ -111,7 +111,6 @@ def prepare(cfg: ExperimentConfig) -> Prepared:
 def run_pretrainings(prepared: Prepared, folder: Path, verbose: bool) -> None:
     """Run (or reuse) each pre-training init inside the experiment folder; its checkpoint hash keys the runs."""
     for name, pcfg in prepared.pretrain_configs.items():
-        from medtransfer.pretrain.run import default_output
         checkpoint = pretrain(pcfg, pcfg.output or default_output(pcfg, folder / "pretrain"), verbose=verbose)
         prepared.init_files[name] = checkpoint
         prepared.init_sha256[name] = sha256_file(checkpoint)
@@ -146,8 +145,12 @@ def run_experiment(cfg: ExperimentConfig, folder: str | Path | None = None, verb
     ids = [spec.run_id(cfg, prepared.init_sha256[spec.init.name]) for spec in specs]
     todo = [(spec, rid) for spec, rid in zip(specs, ids) if store.status(rid) != "done"]
     failed: list[str] = []
+    finished_elsewhere = 0
     bar = tqdm(todo, desc=cfg.name, unit="run", disable=not progress or not writer)
     for spec, run_id in bar:
+        if store.status(run_id) == "done":  # finished meanwhile by another process sharing the folder
+            finished_elsewhere += 1
+            continue
         labels = spec.labels()
         bar.set_postfix_str(f"{labels['init']} | {labels['strategy']} | {labels['fraction']:g} | seed {spec.seed}")
         if writer:
@@ -173,4 +176,5 @@ def run_experiment(cfg: ExperimentConfig, folder: str | Path | None = None, verb
                 "class_counts": describe_subset(data.train.labels, data.task, indices),
                 "trainable_params": result.trainable_params, "total_params": result.total_params,
                 "init_file": str(prepared.init_files[spec.init.name] or "")})
-    return RunSummary(folder, len(specs), len(specs) - len(todo), len(todo) - len(failed), failed)
+    skipped = len(specs) - len(todo) + finished_elsewhere
+    return RunSummary(folder, len(specs), skipped, len(specs) - skipped - len(failed), failed)

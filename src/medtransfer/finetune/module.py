@@ -38,6 +38,11 @@ class FineTuner(L.LightningModule):
             x = x.contiguous(memory_format=torch.channels_last)
         return idx, x, y
 
+    def on_train_epoch_start(self):
+        # Lightning >= 2.2 no longer calls train() when fit starts, and a strategy may have (un)frozen units since
+        # the last call: re-apply the mode rule so frozen BatchNorm statistics never move.
+        self.model.train()
+
     def loss(self, logits, y):
         if self.task == "multilabel":
             return F.binary_cross_entropy_with_logits(logits, y.float())

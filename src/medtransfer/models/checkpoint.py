@@ -123,7 +123,11 @@ def load_backbone_weights(backbone: Backbone, state: dict[str, torch.Tensor], so
     if conv in state and conv in target and state[conv].shape[1] != target[conv].shape[1]:
         weight = state[conv]
         flat = weight.reshape(*weight.shape[:3], -1)  # 3D kernels as 2D for timm's adapter, then back
-        adapted = adapt_input_conv(target[conv].shape[1], flat)
+        try:
+            adapted = adapt_input_conv(target[conv].shape[1], flat)
+        except (NotImplementedError, AssertionError) as err:  # timm converts only 3 -> any and any -> 1
+            raise CheckpointError(f"{source}: cannot adapt {conv} from {weight.shape[1]} to {target[conv].shape[1]} "
+                                  f"input channels ({err or 'unsupported channel layout'})") from err
         state[conv] = adapted.reshape(weight.shape[0], adapted.shape[1], *weight.shape[2:])
         report["adapted"].append(f"{conv}: {weight.shape[1]} -> {target[conv].shape[1]} input channels")
     missing = sorted(set(target) - set(state))

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from medtransfer.errors import ConfigError
 
 QUARTERS = {"q1": (0.0, 0.25), "q2": (0.25, 0.5), "q3": (0.5, 0.75), "q4": (0.75, 1.0)}
-_NUMBER_RANGE = re.compile(r"^\s*([0-9.]+)\s*(%?)\s*-\s*([0-9.]+)\s*(%?)\s*$")
+_NUMBER = r"(\d+(?:\.\d*)?|\.\d+)"
+_NUMBER_RANGE = re.compile(rf"^\s*{_NUMBER}\s*(%?)\s*-\s*{_NUMBER}\s*(%?)\s*$")
 
 
 @dataclass(frozen=True)
@@ -29,12 +30,14 @@ class DepthRange:
         if text in QUARTERS:
             return cls(*QUARTERS[text])
         parts = text.split("-")
-        if len(parts) == 2 and all(p in QUARTERS for p in parts):
+        if len(parts) == 2 and all(p in QUARTERS for p in parts) and parts[0] <= parts[1]:
             return cls(QUARTERS[parts[0]][0], QUARTERS[parts[1]][1])
         match = _NUMBER_RANGE.match(text)
         if match:
             lo, hi = float(match.group(1)), float(match.group(3))
-            if match.group(2) or match.group(4) or hi > 1.0:
+            # without "%", whole numbers above 1 are percentages ("25-50"); "0-1.5" stays an out-of-range fraction
+            whole = "." not in match.group(1) + match.group(3)
+            if match.group(2) or match.group(4) or (whole and hi > 1.0):
                 lo, hi = lo / 100, hi / 100
             if 0.0 <= lo < hi <= 1.0:
                 return cls(lo, hi)

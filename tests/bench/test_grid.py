@@ -1,0 +1,130 @@
+"""Expanding an experiment into runs and the run ids that key results: stable, complete, hardware-independent."""
+
+import itertools
+
+import pytest
+
+from medtransfer.bench.grid import dataset_labels, expand
+from medtransfer.config import ExperimentConfig, validate_config
+
+SMALL = {"name": "synthetic2d", "n_train": 90, "n_val": 45, "n_test": 60, "size": 16}
+BIG = {**SMALL, "size": 32}
+GRID = {
+    "name": "grid",
+    "datasets": [SMALL, BIG],
+    "backbone": {"name": "resnet_tiny"},
+    "inits": ["random", {"checkpoint": "/ckpt/a.safetensors"}],
+    "strategies": ["end_to_end", "linear", "q2"],
+    "label_fractions": [0.1, 1.0],
+    "seeds": [0, 1],
+    "train": {"epochs": 1, "batch_size": 32},
+}
+SHA = {"random": None, "a": "a" * 64}
+
+
+def cfg_of(**changes) -> ExperimentConfig:
+    return validate_config({**GRID, **changes}, ExperimentConfig)
+
+
+def ids_of(cfg, sha=SHA):
+    return [spec.run_id(cfg, sha[spec.init.name]) for spec in expand(cfg)]
+
+
+def test_expand_is_the_full_product_with_unique_ids():
+    cfg = cfg_of()
+    specs = expand(cfg)
+    assert len(specs) == 2 * 2 * 3 * 2 * 2
+    combos = {(s.dataset_label, s.init.name, s.strategy.label(), s.fraction, s.seed) for s in specs}
+    expected = set(itertools.product(
+        ["synthetic2d[n_test=60,n_train=90,n_val=45,size=16]", "synthetic2d[n_test=60,n_train=90,n_val=45,size=32]"],
+        ["random", "a"], ["end_to_end", "linear", "range 0.25-0.5"], [0.1, 1.0], [0, 1]))
+    assert combos == expected
+    ids = ids_of(cfg)
+    assert len(set(ids)) == len(ids) and all(len(i) == 64 for i in ids)
+
+
+def test_expand_finishes_whole_seeds_first():
+    specs = expand(cfg_of())
+    half = len(specs) // 2
+    assert {s.seed for s in specs[:half]} == {0} and {s.seed for s in specs[half:]} == {1}
+
+
+def test_labels_match_the_store_columns():
+    spec = expand(cfg_of(datasets=[SMALL]))[0]
+    assert spec.labels() == {"dataset": "synthetic2d", "init": "random", "strategy": "end_to_end",
+                             "fraction": 0.1, "seed": 0}
+
+
+def test_run_id_is_stable_across_key_order():
+    reordered = dict(reversed(list(GRID.items())))
+    reordered["datasets"] = [dict(reversed(list(d.items()))) for d in GRID["datasets"]]
+    reordered["train"] = {"batch_size": 32, "epochs": 1}
+    assert ids_of(validate_config(reordered, ExperimentConfig)) == ids_of(cfg_of())
+    assert ids_of(cfg_of()) == ids_of(cfg_of())  # and across validations
+
+
+def _single(**changes):
+    base = {**GRID, "datasets": [SMALL], "inits": ["random"], "strategies": ["end_to_end"],
+            "label_fractions": [0.1], "seeds": [0]}
+    cfg = validate_config({**base, **changes}, ExperimentConfig)
+    (spec,) = expand(cfg)
+    return spec, cfg
+
+
+def _id(sha=None, **changes):
+    spec, cfg = _single(**changes)
+    return spec.run_id(cfg, sha)
+
+
+@pytest.mark.parametrize("changes", [
+    {"seeds": [1]},
+    {"label_fractions": [0.5]},
+    {"strategies": ["linear"]},
+    {"strategies": ["q3"]},
+    {"train": {"epochs": 2, "batch_size": 32}},
+    {"train": {"epochs": 1, "batch_size": 32, "lr": 0.01}},
+    {"datasets": [{**SMALL, "seed": 1}]},
+    {"datasets": [{**SMALL, "resize": 32}]},
+    {"backbone": {"name": "resnet_tiny", "small_stem": True}},
+])
+def test_run_id_changes_with_what_changes_a_result(changes):
+    assert _id(**changes) != _id()
+
+
+def test_run_id_changes_with_init_content():
+    spec, cfg = _single(inits=[{"checkpoint": "/ckpt/a.safetensors"}])
+    assert spec.run_id(cfg, "a" * 64) != spec.run_id(cfg, "b" * 64)
+    assert spec.run_id(cfg, "a" * 64) != _id()  # a checkpoint is not a random init
+
+
+def test_run_id_ignores_init_path_label_hardware_and_output():
+    spec, cfg = _single(inits=[{"checkpoint": "/ckpt/a.safetensors"}])
+    moved, moved_cfg = _single(inits=[{"label": "mine", "checkpoint": "/elsewhere/b.safetensors"}])
+    assert spec.run_id(cfg, "a" * 64) == moved.run_id(moved_cfg, "a" * 64)  # same content, other file
+    assert _id(hardware={"accelerator": "cpu", "devices": 2, "ddp": True, "precision": "bf16-mixed"}) == _id()
+    assert _id(output="/somewhere/else") == _id()
+    assert _id(name="renamed") == _id()
+
+
+def test_run_id_same_run_in_a_bigger_grid():
+    """Adding seeds or strategies to an experiment keeps the ids of the runs it already had."""
+    small = set(ids_of(cfg_of(seeds=[0], strategies=["linear"])))
+    big = set(ids_of(cfg_of()))
+    assert small < big
+
+
+def test_dataset_labels():
+    assert dataset_labels(cfg_of(datasets=[SMALL]).datasets) == ["synthetic2d"]
+    two = cfg_of(datasets=[SMALL, {"name": "synthetic3d"}, BIG]).datasets
+    labels = dataset_labels(two)
+    assert labels[1] == "synthetic3d"
+    assert labels[0] != labels[2] and labels[0].startswith("synthetic2d[") and "size=16" in labels[0]
+    assert "size=32" in labels[2]
+
+
+def test_dataset_labels_tell_resize_apart():
+    datasets = cfg_of(datasets=[{**SMALL, "resize": 32}, {**SMALL, "resize": 64}]).datasets
+    labels = dataset_labels(datasets)
+    assert len(set(labels)) == 2, labels
+    specs = expand(cfg_of(datasets=[{**SMALL, "resize": 32}, {**SMALL, "resize": 64}]))
+    assert len({s.dataset_label for s in specs}) == 2
