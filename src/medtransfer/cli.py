@@ -16,9 +16,13 @@ def _run(args) -> int:
     from medtransfer.config import ExperimentConfig, load_config
     from medtransfer.report.tables import format_table, summary_table
 
+    from lightning.pytorch.utilities import rank_zero_only
+
     cfg = load_config(args.experiment, ExperimentConfig)
     summary = run_experiment(cfg, args.output, verbose=args.verbose, fail_fast=args.fail_fast,
                              progress=not args.no_progress)
+    if rank_zero_only.rank != 0:  # under DDP every process runs the grid; one report is enough
+        return 1 if summary.failed else 0
     rows = ResultStore(summary.folder).rows()
     if len(rows):
         print(format_table(summary_table(rows, args.metric), args.metric))

@@ -111,7 +111,7 @@ def fine_tune(data: ImageDataset, train_indices: np.ndarray, backbone: Backbone,
     trainer.test(module, eval_loader(data.test), ckpt_path=ckpt.best_model_path or None, verbose=False,
                  weights_only=True)
     tested = time.perf_counter()
-    if not train.keep_checkpoints:
+    if not train.keep_checkpoints and trainer.is_global_zero:
         shutil.rmtree(workdir / "checkpoints", ignore_errors=True)
     result = module.test_result or {}
     return FineTuneResult(

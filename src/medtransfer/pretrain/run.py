@@ -96,4 +96,5 @@ def pretrain(cfg: PretrainConfig, output: Path | None = None, verbose: bool = Fa
         save_backbone(backbone, checkpoint, method=cfg.method, family=method.family, dataset=cfg.data.name,
                       epochs=cfg.epochs, config=resolved_pretrain_config(cfg), config_hash=key, init_chain=chain,
                       final_loss=float(trainer.callback_metrics.get("pretrain/loss", float("nan"))))
+    trainer.strategy.barrier("pretrain checkpoint written")  # under DDP, other ranks read it next
     return checkpoint
