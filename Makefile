@@ -5,10 +5,11 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test clean
 
-$(STAMP): pyproject.toml
+# constraints.txt pins the versions the suite last passed with; drop "-c constraints.txt" to try newer ones.
+$(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install --quiet --upgrade pip uv
-	$(VENV)/bin/uv pip install --python $(VENV)/bin/python --quiet -e ".[test]"
+	$(VENV)/bin/uv pip install --python $(VENV)/bin/python --quiet -e ".[test]" -c constraints.txt
 	touch $(STAMP)
 
 demo: $(STAMP)
