@@ -27,6 +27,12 @@ def _relative_to_file(value: Optional[Path], info: ValidationInfo) -> Optional[P
 FilePath = Annotated[Path, AfterValidator(_relative_to_file)]
 
 
+def _registered(name: str, registry: dict, what: str) -> str:
+    if name not in registry:
+        raise ValueError(f"unknown {what} {name!r}; allowed: {allowed(registry)}")
+    return name
+
+
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -57,9 +63,7 @@ class DatasetConfig(Strict):
     @classmethod
     def _known(cls, name: str) -> str:
         from medtransfer.data import DATASETS
-        if name not in DATASETS:
-            raise ValueError(f"unknown dataset {name!r}; allowed: {allowed(DATASETS)}")
-        return name
+        return _registered(name, DATASETS, "dataset")
 
 
 class BackboneConfig(Strict):
@@ -136,9 +140,7 @@ class PretrainConfig(Strict):
     @classmethod
     def _known(cls, name: str) -> str:
         from medtransfer.pretrain import METHODS
-        if name not in METHODS:
-            raise ValueError(f"unknown method {name!r}; allowed: {allowed(METHODS)}")
-        return name
+        return _registered(name, METHODS, "method")
 
 
 def _pretrain_source(value: Any) -> str:

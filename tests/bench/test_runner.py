@@ -313,9 +313,20 @@ def bad_pretrain_options(tmp_path):
     return {"inits": ["random", init]}, ConfigError, "temprature"
 
 
+def bad_view(tmp_path):
+    return {"backbone": {"name": "resnet_tiny", "view": "layers"}}, ConfigError, "'layers' is not a view"
+
+
+def bad_checkpoint_stem_mismatch(tmp_path):
+    path = save_backbone(create_backbone("resnet_tiny", 3, 16), tmp_path / "rgb.safetensors")
+    # an RGB checkpoint adapts to 1-channel data; one with another stem kernel cannot, and says why
+    small = save_backbone(create_backbone("resnet_tiny", 3, 16, small_stem=True), tmp_path / "small.safetensors")
+    return {"inits": [{"checkpoint": str(path)}, {"checkpoint": str(small)}]}, CheckpointError, "conv1.weight"
+
+
 @pytest.mark.parametrize("make_bad", [bad_dataset_missing, bad_dataset_nan, bad_checkpoint_missing,
                                       bad_checkpoint_other_backbone, bad_pretrain_backbone, bad_pretrain_data,
-                                      bad_pretrain_options])
+                                      bad_pretrain_options, bad_view, bad_checkpoint_stem_mismatch])
 def test_bad_input_fails_before_training_and_keeps_results(tmp_path, finished, fake, no_pretrain, make_bad):
     changes, error, message = make_bad(tmp_path)
     before = snapshot(finished)

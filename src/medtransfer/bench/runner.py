@@ -65,12 +65,16 @@ def _pretrain_config(init: InitConfig) -> PretrainConfig:
     return load_config(init.pretrain, PretrainConfig) if isinstance(init.pretrain, Path) else init.pretrain
 
 
+def _build(cfg: ExperimentConfig, prepared: Prepared, label: str):
+    data = prepared.data[label]
+    return create_backbone(cfg.backbone.name, data.in_chans, prepared.input_size[label], cfg.backbone.small_stem,
+                           spatial_dims=data.spatial_dims)
+
+
 def _check_fits(cfg: ExperimentConfig, state: dict, source: str, prepared: Prepared) -> None:
-    """Load ``state`` into a fresh backbone for every dataset, so misfits surface before training."""
-    for label, data in prepared.data.items():
-        backbone = create_backbone(cfg.backbone.name, data.in_chans, prepared.input_size[label],
-                                   cfg.backbone.small_stem, spatial_dims=data.spatial_dims)
-        load_backbone_weights(backbone, state, source)
+    """Load ``state`` into a fresh backbone for every dataset, so misfits surface before fine-tuning."""
+    for label in prepared.data:
+        load_backbone_weights(_build(cfg, prepared, label), state, source)
 
 
 def prepare(cfg: ExperimentConfig) -> Prepared:
@@ -79,12 +83,11 @@ def prepare(cfg: ExperimentConfig) -> Prepared:
     for ds_cfg, label in zip(cfg.datasets, dataset_labels(cfg.datasets)):
         data = load_dataset(ds_cfg.name, **ds_cfg.options)
         prepared.data[label], prepared.input_size[label] = data, _input_size(ds_cfg.resize, data)
-        backbone = create_backbone(cfg.backbone.name, data.in_chans, prepared.input_size[label],
-                                   cfg.backbone.small_stem, spatial_dims=data.spatial_dims)
-        backbone.view(cfg.backbone.view or backbone.default_view)
-        for strategy in cfg.strategies:  # a range that selects no unit of this backbone fails here, not mid-grid
-            strategy.prepare(create_backbone(cfg.backbone.name, data.in_chans, prepared.input_size[label],
-                                             cfg.backbone.small_stem), cfg.backbone.view or backbone.default_view)
+        probe = _build(cfg, prepared, label)
+        view = cfg.backbone.view or probe.default_view
+        probe.view(view)  # unknown view names fail here, whatever the strategies
+        for strategy in cfg.strategies:  # an unknown view or a range selecting no unit fails here, not mid-grid
+            strategy.prepare(_build(cfg, prepared, label), view)
         for fraction in cfg.label_fractions:
             for seed in cfg.seeds:
                 prepared.subsets[label, fraction, seed] = label_fraction_indices(
@@ -108,10 +111,11 @@ def prepare(cfg: ExperimentConfig) -> Prepared:
     return prepared
 
 
-def run_pretrainings(prepared: Prepared, folder: Path, verbose: bool) -> None:
+def run_pretrainings(cfg: ExperimentConfig, prepared: Prepared, folder: Path, verbose: bool) -> None:
     """Run (or reuse) each pre-training init inside the experiment folder; its checkpoint hash keys the runs."""
     for name, pcfg in prepared.pretrain_configs.items():
         checkpoint = pretrain(pcfg, pcfg.output or default_output(pcfg, folder / "pretrain"), verbose=verbose)
+        _check_fits(cfg, read_weights(checkpoint), str(checkpoint), prepared)
         prepared.init_files[name] = checkpoint
         prepared.init_sha256[name] = sha256_file(checkpoint)
 
@@ -139,7 +143,7 @@ def run_experiment(cfg: ExperimentConfig, folder: str | Path | None = None, verb
         quiet_lightning()
     prepared = prepare(cfg)
     store = ResultStore(folder)
-    run_pretrainings(prepared, folder, verbose)
+    run_pretrainings(cfg, prepared, folder, verbose)
     specs = expand(cfg)
     writer = rank_zero_only.rank == 0  # under DDP every process runs the grid; only rank 0 writes results
     ids = [spec.run_id(cfg, prepared.init_sha256[spec.init.name]) for spec in specs]

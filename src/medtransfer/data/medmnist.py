@@ -7,7 +7,6 @@ turns every way a file can be wrong (missing, corrupt, wrong checksum, NaN label
 
 from __future__ import annotations
 
-import hashlib
 import zipfile
 import zlib
 from pathlib import Path
@@ -17,6 +16,7 @@ from medmnist import INFO
 
 from medtransfer.data.base import SPLITS, ImageDataset, Split, labels_from_array
 from medtransfer.errors import DataError, allowed
+from medtransfer.hashing import file_digest
 
 MEDMNIST_NAMES = tuple(INFO)
 DEFAULT_ROOT = Path("~/.medmnist")
@@ -85,11 +85,7 @@ def load_medmnist(
 
 
 def _md5(path: Path) -> str:
-    digest = hashlib.md5()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return file_digest(path, "md5")
 
 
 def _fetch(url: str, dest: Path) -> None:

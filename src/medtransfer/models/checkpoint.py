@@ -8,7 +8,6 @@ Foreign ``.pth/.pt/.ckpt`` files are read with ``weights_only=True`` only.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -20,6 +19,7 @@ from timm.models import adapt_input_conv
 
 from medtransfer import __version__
 from medtransfer.errors import CheckpointError
+from medtransfer.hashing import file_digest
 from medtransfer.models.backbones import Backbone
 
 FORMAT = "medtransfer-backbone"
@@ -35,11 +35,7 @@ def _atomic_write(path: Path, write) -> None:
 
 
 def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    return file_digest(path, "sha256")
 
 
 def backbone_metadata(backbone: Backbone) -> dict:
