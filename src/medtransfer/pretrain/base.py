@@ -22,8 +22,21 @@ class MethodOptions(BaseModel):
 
 
 class BaseMethod(L.LightningModule):
+    """Subclasses set ``Options``, ``family`` and what they support, and implement ``ssl_loss``."""
+
     Options: type[MethodOptions] = MethodOptions
-    family = "contrastive"  # contrastive | restorative | predictive: decides which depth ranges to try later
+    family = "contrastive"  # contrastive | restorative | predictive | multi: decides which depth ranges to try later
+    spatial_dims: tuple[int, ...] = (2, 3)
+    backbone_families: tuple[str, ...] = ("resnet", "vit", "unet_encoder")
+
+    @classmethod
+    def unsupported(cls, backbone: Backbone) -> str | None:
+        """Why this method cannot pre-train ``backbone`` (None when it can), checked before any training."""
+        if backbone.spatial_dims not in cls.spatial_dims:
+            return f"works on {'/'.join(f'{d}D' for d in cls.spatial_dims)} data, not {backbone.spatial_dims}D"
+        if backbone.family not in cls.backbone_families:
+            return f"needs a {' or '.join(cls.backbone_families)} backbone, not {backbone.name} ({backbone.family})"
+        return None
 
     def __init__(self, backbone: Backbone, options: MethodOptions, views: dict, lr: float, weight_decay: float,
                  epochs: int, warmup_epochs: int, input_size: tuple[int, ...] | None = None):

@@ -78,6 +78,10 @@ def pretrain(cfg: PretrainConfig, output: Path | None = None, verbose: bool = Fa
         parent = read_metadata(cfg.init)
         chain = parent.get("init_chain", []) + [{"checkpoint": str(cfg.init), "method": parent.get("method"),
                                                  "dataset": parent.get("dataset"), "adapted": report["adapted"]}]
+    problem = METHODS[cfg.method].unsupported(backbone)
+    if problem:
+        raise ConfigError(f"method: {cfg.method!r} {problem}; allowed methods for this backbone: "
+                          f"{allowed(n for n, m in METHODS.items() if m.unsupported(backbone) is None)}")
     method = METHODS[cfg.method](backbone, options, views=cfg.views, lr=cfg.lr, weight_decay=cfg.weight_decay,
                                  epochs=cfg.epochs, warmup_epochs=cfg.warmup_epochs, input_size=input_size)
 
