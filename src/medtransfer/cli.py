@@ -40,9 +40,12 @@ def _pretrain(args) -> int:
     from medtransfer.pretrain.run import pretrain
 
     cfg = load_config(args.config, PretrainConfig)
+    if args.init is not None:
+        cfg = cfg.model_copy(update={"init": args.init.resolve()})
     if not args.verbose:
         quiet_lightning()
-    print(f"checkpoint: {pretrain(cfg, args.output, verbose=args.verbose).resolve()}")
+    resume = True if args.resume else ("auto" if args.resume is None else False)
+    print(f"checkpoint: {pretrain(cfg, args.output, verbose=args.verbose, resume=resume).resolve()}")
     return 0
 
 
@@ -105,6 +108,12 @@ def _list(args) -> int:
     return 0
 
 
+def _method_names() -> list[str]:
+    from medtransfer.pretrain import METHODS
+    return [f"{name} ({method.family}, {'/'.join(f'{d}D' for d in method.spatial_dims)})"
+            for name, method in METHODS.items()]
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="medtransfer", description="Which pre-training, and which way of "
                                      "fine-tuning it, serves a medical-imaging task with few labels?")
@@ -124,9 +133,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     pre = sub.add_parser("pretrain", help="self-supervised pre-training of a backbone",
                          description="Pre-train a backbone on a dataset's images (labels unused) with one of the "
-                         "methods listed by 'medtransfer list'; writes backbone.safetensors + backbone.json.")
+                         "methods listed by 'medtransfer list'; writes backbone.safetensors + backbone.json.",
+                         epilog="methods: " + ", ".join(_method_names()))
     pre.add_argument("config", type=Path, help="pre-training YAML file")
     pre.add_argument("--output", type=Path, help="output folder (default: 'output' in the file)")
+    pre.add_argument("--init", type=Path, help="start from these weights (continual pre-training): a new run")
+    pre.add_argument("--resume", action=argparse.BooleanOptionalAction, default=None,
+                     help="continue this config's interrupted run from its last epoch (default: when one exists; "
+                     "--no-resume starts over)")
     pre.add_argument("--verbose", action="store_true", help="show Lightning's output")
     pre.set_defaults(func=_pretrain)
 

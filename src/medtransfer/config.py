@@ -132,6 +132,7 @@ class PretrainConfig(Strict):
     warmup_epochs: int = Field(0, ge=0)
     method_options: dict[str, Any] = {}
     views: dict[str, Any] = {}
+    online_probe: bool = Field(False, description="linear probe on detached features, validated every epoch")
     seed: int = 0
     hardware: HardwareConfig = HardwareConfig()
     output: Optional[FilePath] = None

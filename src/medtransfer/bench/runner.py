@@ -28,6 +28,7 @@ from medtransfer.errors import ConfigError
 from medtransfer.finetune.train import fine_tune
 from medtransfer.models.checkpoint import load_backbone_weights, read_metadata, read_weights, sha256_file
 from medtransfer.models.factory import create_backbone
+from medtransfer.pretrain import METHODS
 from medtransfer.pretrain.run import check_options, default_output, pretrain
 
 
@@ -104,7 +105,12 @@ def prepare(cfg: ExperimentConfig) -> Prepared:
                 raise ConfigError(f"inits ({init.name}): pre-training uses backbone {pcfg.backbone.name} "
                                   f"(small_stem={pcfg.backbone.small_stem}) but the experiment fine-tunes "
                                   f"{cfg.backbone.name} (small_stem={cfg.backbone.small_stem}); make them equal")
-            load_dataset(pcfg.data.name, **pcfg.data.options)
+            pdata = load_dataset(pcfg.data.name, **pcfg.data.options)
+            problem = METHODS[pcfg.method].unsupported(create_backbone(
+                pcfg.backbone.name, pdata.in_chans, _input_size(pcfg.data.resize, pdata), pcfg.backbone.small_stem,
+                spatial_dims=pdata.spatial_dims))
+            if problem:
+                raise ConfigError(f"inits ({init.name}): method {pcfg.method!r} {problem}")
             prepared.pretrain_configs[init.name] = pcfg
         else:
             prepared.init_files[init.name] = prepared.init_sha256[init.name] = None

@@ -69,6 +69,23 @@ class _AsSlices(nn.Module):
         return self.op(x.reshape(b, c * d, h, w)).reshape(b, c, d, h, w)
 
 
+class IntensityWindow(nn.Module):
+    """CT-style windowing: intensities in [lo, hi] (stored units, 0-255 for uint8 data) stretched to [0, 1] and
+    clipped, the window shifted and scaled per view by up to ``jitter`` of its width."""
+
+    def __init__(self, lo: float, hi: float, jitter: float = 0.0):
+        super().__init__()
+        if not hi > lo:
+            raise ValueError(f"views.window: [{lo}, {hi}] needs hi > lo")
+        self.lo, self.hi, self.jitter = lo / 255.0, hi / 255.0, jitter
+
+    def forward(self, x):
+        shape = (len(x),) + (1,) * (x.ndim - 1)
+        width = (self.hi - self.lo) * (1 + self.jitter * (2 * torch.rand(shape, device=x.device) - 1))
+        lo = self.lo + (self.hi - self.lo) * self.jitter * (2 * torch.rand(shape, device=x.device) - 1)
+        return ((x - lo) / width).clamp(0.0, 1.0)
+
+
 class MedicalViews(nn.Module):
     """Random views for joint-embedding SSL (SimCLR-style), 2D or 3D, applied to a [0, 1] batch on its device.
 
@@ -78,7 +95,8 @@ class MedicalViews(nn.Module):
 
     def __init__(self, spatial_dims: int, in_chans: int, size: tuple[int, ...], crop_scale=(0.3, 1.0),
                  rotation: float = 10.0, brightness: float = 0.3, contrast: float = 0.3, gamma=(0.7, 1.5),
-                 blur_p: float = 0.3, noise_std: float = 0.03):
+                 blur_p: float = 0.3, noise_std: float = 0.03, window: tuple[float, float] | None = None,
+                 window_jitter: float = 0.0):
         super().__init__()
         intensity = [
             K.RandomBrightness((1 - brightness, 1 + brightness), p=0.8),
@@ -97,6 +115,8 @@ class MedicalViews(nn.Module):
             ops = [K.RandomAffine3D(degrees=rotation, scale=((1.0, zoom),) * 3, p=1.0),
                    K.RandomHorizontalFlip3D(), K.RandomDepthicalFlip3D()]
             ops += [_AsSlices(op) for op in intensity]
+        if window is not None:
+            ops.insert(0, IntensityWindow(*window, jitter=window_jitter))
         self.ops = nn.Sequential(*ops)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

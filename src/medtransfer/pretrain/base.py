@@ -14,7 +14,9 @@ import torch
 from pydantic import BaseModel, ConfigDict
 
 from medtransfer.data.transforms import MedicalViews, to_unit_range
+from medtransfer.evaluate import compute_metrics
 from medtransfer.models.backbones import Backbone
+from medtransfer.pretrain.probe import OnlineProbe
 
 
 class MethodOptions(BaseModel):
@@ -39,12 +41,14 @@ class BaseMethod(L.LightningModule):
         return None
 
     def __init__(self, backbone: Backbone, options: MethodOptions, views: dict, lr: float, weight_decay: float,
-                 epochs: int, warmup_epochs: int, input_size: tuple[int, ...] | None = None):
+                 epochs: int, warmup_epochs: int, input_size: tuple[int, ...] | None = None,
+                 probe: OnlineProbe | None = None):
         super().__init__()
-        self.backbone, self.options = backbone, options
+        self.backbone, self.options, self.probe = backbone, options, probe
         self.input_size = input_size or backbone.input_size
         self.views = MedicalViews(backbone.spatial_dims, backbone.in_chans, self.input_size, **views)
         self.lr, self.weight_decay, self.epochs, self.warmup_epochs = lr, weight_decay, epochs, warmup_epochs
+        self._probe_outputs: list[tuple[torch.Tensor, torch.Tensor]] = []
 
     def ssl_loss(self, images: torch.Tensor) -> torch.Tensor:
         """The method's objective on a batch of [0, 1] images (B, C, *spatial)."""
@@ -59,7 +63,30 @@ class BaseMethod(L.LightningModule):
         loss = self.ssl_loss(images)
         self.log("pretrain/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(images),
                  sync_dist=True)
+        if self.probe is not None and len(batch) > 1:  # labels reach the probe only, through detached features
+            with torch.no_grad():
+                features = self.backbone(self.normalise(images))
+            probe_loss = self.probe.loss(features, batch[1])
+            self.log("probe/train_loss", probe_loss, on_step=False, on_epoch=True, batch_size=len(images),
+                     sync_dist=True)
+            loss = loss + probe_loss
         return loss
+
+    def validation_step(self, batch, batch_idx):
+        """Only the online probe validates: its scores on the labelled validation split."""
+        if self.probe is not None:
+            features = self.backbone(self.normalise(to_unit_range(batch[0], self.input_size)))
+            self._probe_outputs.append((self.probe.scores(features).float(), batch[1]))
+
+    def on_validation_epoch_end(self):
+        if not self._probe_outputs:
+            return
+        scores, labels = (torch.cat(parts) for parts in zip(*self._probe_outputs))
+        self._probe_outputs.clear()
+        if self.trainer.world_size > 1:  # DistributedSampler may repeat a few samples: a monitoring figure only
+            scores, labels = (t.flatten(0, 1) for t in self.all_gather((scores, labels)))
+        overall, _ = compute_metrics(self.probe.task, labels.cpu().numpy(), scores.cpu().numpy(), ["auc", "acc"])
+        self.log_dict({f"probe/val_{k}": float(v) for k, v in overall.items()})
 
     def configure_optimizers(self):
         opt = torch.optim.AdamW([p for p in self.parameters() if p.requires_grad], lr=self.lr,

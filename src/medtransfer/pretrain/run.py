@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import inspect
 import logging
+import shutil
 from pathlib import Path
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from pydantic import ValidationError
 from torch.utils.data import DataLoader, TensorDataset
@@ -26,13 +28,15 @@ from medtransfer.models.checkpoint import (load_backbone_weights, read_metadata,
                                            sha256_file)
 from medtransfer.models.factory import create_backbone
 from medtransfer.pretrain import METHODS
+from medtransfer.pretrain.probe import OnlineProbe
 
 CHECKPOINT_NAME = "backbone.safetensors"
 
 
 def resolved_pretrain_config(cfg: PretrainConfig) -> dict:
-    """The config plus the content hash of its init, so a changed init file means a new pre-training."""
-    resolved = cfg.model_dump(mode="json", exclude={"output", "hardware"})
+    """The config plus the content hash of its init, so a changed init file means a new pre-training. The online
+    probe only watches, so it does not change the identity of a pre-training."""
+    resolved = cfg.model_dump(mode="json", exclude={"output", "hardware", "online_probe"})
     if cfg.init is not None:
         resolved["init_sha256"] = sha256_file(cfg.init) if cfg.init.exists() else None
     return resolved
@@ -58,14 +62,51 @@ def check_options(cfg: PretrainConfig):
     return options
 
 
-def pretrain(cfg: PretrainConfig, output: Path | None = None, verbose: bool = False) -> Path:
-    """Pre-train (or reuse a finished pre-training) and return the path of the backbone checkpoint."""
+def _resume_point(output: Path, key: str, resume: bool | str) -> Path | None:
+    """The Lightning checkpoint to continue from: required with resume=True, used when present with "auto"."""
+    last, stamp = output / "lightning" / "last.ckpt", output / "lightning" / "config_hash"
+    if resume is False or (resume == "auto" and not last.exists()):
+        return None
+    if not last.exists():
+        raise ConfigError(f"--resume: {output} holds no interrupted pre-training ({last} is missing)")
+    if not stamp.exists() or stamp.read_text().strip() != key:
+        if resume == "auto":
+            return None
+        raise ConfigError(f"--resume: the config differs from the one {output} was started with; "
+                          "use another output folder, or the original config")
+    return last
+
+
+def _read_log(output: Path):
+    import pandas as pd
+    path = output / "metrics.csv"
+    return pd.read_csv(path) if path.exists() else None
+
+
+def _merge_log(output: Path, earlier):
+    """Lightning's CSV logger starts a resumed run's log afresh; put the epochs before the resume point back."""
+    import pandas as pd
+    resumed = pd.read_csv(output / "metrics.csv")
+    kept = earlier[earlier["epoch"] < resumed["epoch"].min()]
+    pd.concat([kept, resumed], ignore_index=True).to_csv(output / "metrics.csv", index=False)
+
+
+def pretrain(cfg: PretrainConfig, output: Path | None = None, verbose: bool = False,
+             resume: bool | str = "auto") -> Path:
+    """Pre-train (or reuse a finished pre-training) and return the path of the backbone checkpoint.
+
+    ``resume`` continues an interrupted run of the *same* config from its last epoch (True: required, "auto":
+    when one exists, False: start over); ``cfg.init`` instead starts a *new* run from other weights.
+    """
     options = check_options(cfg)
     output = Path(output or cfg.output or default_output(cfg, Path("runs") / "pretrain"))
     checkpoint = output / CHECKPOINT_NAME
     key = config_hash(resolved_pretrain_config(cfg))
     if checkpoint.exists() and read_metadata(checkpoint).get("config_hash") == key:
+        if resume is True:
+            raise ConfigError(f"--resume: the pre-training in {output} already finished ({checkpoint})")
         return checkpoint
+    resume_from = _resume_point(output, key, resume)
 
     data = load_dataset(cfg.data.name, **cfg.data.options)
     input_size = (cfg.data.resize,) * data.spatial_dims if cfg.data.resize else data.image_size
@@ -82,23 +123,37 @@ def pretrain(cfg: PretrainConfig, output: Path | None = None, verbose: bool = Fa
     if problem:
         raise ConfigError(f"method: {cfg.method!r} {problem}; allowed methods for this backbone: "
                           f"{allowed(n for n, m in METHODS.items() if m.unsupported(backbone) is None)}")
+    probe = OnlineProbe(backbone.num_features, data.task, data.num_classes) if cfg.online_probe else None
     method = METHODS[cfg.method](backbone, options, views=cfg.views, lr=cfg.lr, weight_decay=cfg.weight_decay,
-                                 epochs=cfg.epochs, warmup_epochs=cfg.warmup_epochs, input_size=input_size)
+                                 epochs=cfg.epochs, warmup_epochs=cfg.warmup_epochs, input_size=input_size,
+                                 probe=probe)
 
-    images = torch.from_numpy(data.train.images)  # labels are deliberately not passed on
-    batch_size = min(cfg.batch_size, len(images))
-    loader = DataLoader(TensorDataset(images), batch_size=batch_size, shuffle=True, drop_last=True,
+    # Labels travel only with the online probe, which sees detached features; the method never receives them.
+    train_tensors = (torch.from_numpy(data.train.images),) + ((torch.from_numpy(data.train.labels),) if probe else ())
+    batch_size = min(cfg.batch_size, len(data.train))
+    loader = DataLoader(TensorDataset(*train_tensors), batch_size=batch_size, shuffle=True, drop_last=True,
                         generator=torch.Generator().manual_seed(cfg.seed))
+    val_loader = DataLoader(TensorDataset(torch.from_numpy(data.val.images), torch.from_numpy(data.val.labels)),
+                            batch_size=max(256, batch_size)) if probe else None
     output.mkdir(parents=True, exist_ok=True)
+    (output / "lightning").mkdir(exist_ok=True)
+    (output / "lightning" / "config_hash").write_text(key)
     if not verbose:
         logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    last_epoch = ModelCheckpoint(dirpath=output / "lightning", filename="last", save_top_k=1,  # for resume
+                                 enable_version_counter=False)
     trainer = L.Trainer(max_epochs=cfg.epochs, default_root_dir=output, logger=CSVLogger(output, name="", version=""),
-                        enable_checkpointing=False, enable_progress_bar=verbose, enable_model_summary=False,
-                        log_every_n_steps=1, **trainer_kwargs(cfg.hardware, data.spatial_dims))
-    trainer.fit(method, loader)
+                        callbacks=[last_epoch], enable_progress_bar=verbose, enable_model_summary=False,
+                        num_sanity_val_steps=0, log_every_n_steps=1, **trainer_kwargs(cfg.hardware, data.spatial_dims))
+    # our own checkpoint of this run (optimizer and loop state need full loading); never a downloaded file
+    earlier_log = _read_log(output) if resume_from else None
+    trainer.fit(method, loader, val_loader, ckpt_path=resume_from, weights_only=False)
+    if earlier_log is not None and trainer.is_global_zero:
+        _merge_log(output, earlier_log)
     if trainer.is_global_zero:
         save_backbone(backbone, checkpoint, method=cfg.method, family=method.family, dataset=cfg.data.name,
                       epochs=cfg.epochs, config=resolved_pretrain_config(cfg), config_hash=key, init_chain=chain,
                       final_loss=float(trainer.callback_metrics.get("pretrain/loss", float("nan"))))
+        shutil.rmtree(output / "lightning", ignore_errors=True)  # finished: the resume state is no longer needed
     trainer.strategy.barrier("pretrain checkpoint written")  # under DDP, other ranks read it next
     return checkpoint

@@ -1,0 +1,72 @@
+"""pretrain(): resume (continue the same run) vs init (start a new one), the online probe, windowed views."""
+
+import lightning as L
+import pandas as pd
+import pytest
+import torch
+
+from medtransfer.config import PretrainConfig, validate_config
+from medtransfer.data.transforms import IntensityWindow, MedicalViews
+from medtransfer.errors import ConfigError
+from medtransfer.models.checkpoint import read_metadata
+from medtransfer.pretrain import METHODS
+from medtransfer.pretrain.run import pretrain
+from medtransfer.pretrain.simclr import SimCLR
+
+TINY = {"name": "synthetic2d", "n_train": 64, "n_val": 32, "n_test": 16, "size": 16}
+
+
+def config(**changes):
+    return validate_config({"method": "simclr", "data": TINY, "backbone": {"name": "resnet_tiny"}, "epochs": 3,
+                            "batch_size": 32, **changes}, PretrainConfig)
+
+
+class CrashAfterEpoch1(SimCLR):
+    def on_train_epoch_end(self):
+        if self.current_epoch == 1:
+            raise RuntimeError("simulated crash")
+
+
+def test_resume_continues_an_interrupted_run_from_its_last_epoch(tmp_path, monkeypatch):
+    monkeypatch.setitem(METHODS, "simclr", CrashAfterEpoch1)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        pretrain(config(), tmp_path, resume=False)
+    assert (tmp_path / "lightning" / "last.ckpt").exists() and not (tmp_path / "backbone.safetensors").exists()
+    monkeypatch.setitem(METHODS, "simclr", SimCLR)
+    path = pretrain(config(), tmp_path, resume=True)
+    log = pd.read_csv(tmp_path / "metrics.csv").dropna(subset=["pretrain/loss"])
+    assert sorted(log["epoch"]) == [0, 1, 2]  # epochs 0-1 before the crash, only epoch 2 after it
+    assert read_metadata(path)["epochs"] == 3
+    assert not (tmp_path / "lightning").exists()  # resume state removed once finished
+
+
+def test_resume_refuses_a_changed_config_or_nothing_to_resume(tmp_path, monkeypatch):
+    with pytest.raises(ConfigError, match="no interrupted pre-training"):
+        pretrain(config(), tmp_path, resume=True)
+    monkeypatch.setitem(METHODS, "simclr", CrashAfterEpoch1)
+    with pytest.raises(RuntimeError):
+        pretrain(config(), tmp_path, resume=False)
+    monkeypatch.setitem(METHODS, "simclr", SimCLR)
+    with pytest.raises(ConfigError, match="config differs"):
+        pretrain(config(lr=0.5), tmp_path, resume=True)
+
+
+def test_online_probe_reports_validation_auc_every_epoch_without_touching_the_ssl_loss(tmp_path):
+    pretrain(config(online_probe=True, epochs=2), tmp_path / "probe")
+    log = pd.read_csv(tmp_path / "probe" / "metrics.csv")
+    auc = log["probe/val_auc"].dropna()
+    assert len(auc) == 2 and auc.between(0, 1).all()
+    # the probe only watches: the same config without it is the same pre-training (same hash, same backbone)
+    plain = pretrain(config(epochs=2), tmp_path / "plain")
+    assert read_metadata(plain)["config_hash"] == read_metadata(tmp_path / "probe" / "backbone.safetensors")["config_hash"]
+
+
+def test_windowing_maps_the_window_to_the_unit_range():
+    window = IntensityWindow(51, 204)  # stored uint8 units: 0.2-0.8 in [0, 1]
+    x = torch.tensor([0.0, 0.2, 0.5, 0.8, 1.0]).reshape(5, 1, 1, 1)
+    assert torch.allclose(window(x).flatten(), torch.tensor([0.0, 0.0, 0.5, 1.0, 1.0]))
+    views = MedicalViews(2, 1, (16, 16), window=(51, 204), window_jitter=0.1)
+    assert isinstance(views.ops[0], IntensityWindow)
+    L.seed_everything(0, verbose=False)
+    out = views(torch.rand(4, 1, 16, 16))
+    assert out.shape == (4, 1, 16, 16) and out.min() >= 0 and out.max() <= 1
