@@ -258,7 +258,7 @@ def test_list(capsys):
 
 
 def test_pretrain_bad_config(tmp_path, capsys):
-    path = write(tmp_path / "pre.yaml", {"method": "byol", "data": DATA})
+    path = write(tmp_path / "pre.yaml", {"method": "simsiam", "data": DATA})
     assert main(["pretrain", str(path)]) == 2
     line = one_error_line(capsys)
-    assert "'byol'" in line and "simclr" in line
+    assert "'simsiam'" in line and "simclr" in line

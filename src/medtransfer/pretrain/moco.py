@@ -1,0 +1,72 @@
+"""MoCo v2 (Chen et al. 2020, "Improved Baselines with Momentum Contrastive Learning"; He et al. 2020 for MoCo v1).
+
+A query encoder (the saved ``backbone`` + a 2-layer MLP head) is trained so that the query of one view matches the key
+of another view, produced by a momentum encoder, against a queue of keys from earlier batches (InfoNCE). The loss and
+the queue are lightly's ``NTXentLoss(memory_bank_size=...)`` (it enqueues the keys of each training step), the head is
+``MoCoProjectionHead`` (v2: hidden 2048, output 128, no BN), the EMA update is lightly's ``update_momentum``.
+
+Choices for small medical data (documented deviations from the ImageNet recipe):
+- queue 4096 instead of the paper's 65536, and capped at the number of training images when training starts, so the
+  queue never holds more than about one epoch of keys (a longer one would mostly hold stale keys of the same images,
+  which are then used as negatives of themselves). Lightly initialises the queue with random unit vectors.
+- momentum 0.99 raised to 1 on a cosine schedule (lightly's/BYOL's schedule; MoCo v2 uses a constant 0.999 over
+  200 epochs of ImageNet, far more steps than a small medical set gives).
+- no shuffled BN in the key encoder (only matters for multi-GPU; the keys' BN statistics come from the key batch).
+Under DDP the keys of all GPUs are gathered into the queue (``gather_distributed``), as in the paper.
+"""
+
+from __future__ import annotations
+
+import torch
+from lightly.loss import NTXentLoss
+from lightly.models.modules import MoCoProjectionHead
+from pydantic import Field
+
+from medtransfer.pretrain.base import BaseMethod, MethodOptions
+from medtransfer.pretrain.momentum import MomentumMixin, momentum_copy
+
+
+class MoCoOptions(MethodOptions):
+    temperature: float = Field(0.2, gt=0)  # MoCo v2, sec. 3 (tau = 0.2)
+    queue_size: int = Field(4096, ge=0)  # paper 65536 on ImageNet; 4096 and capped at the training-set size here
+    momentum: float = Field(0.99, ge=0, le=1)  # base of the cosine schedule to 1 (see module docstring)
+    hidden_dim: int = Field(2048, ge=1)  # MoCo v2 MLP head: 2048-d hidden layer with ReLU
+    output_dim: int = Field(128, ge=1)  # MoCo v2: 128-d output
+
+
+class MoCo(MomentumMixin, BaseMethod):
+    Options = MoCoOptions
+    family = "contrastive"
+
+    def __init__(self, backbone, options: MoCoOptions, **kwargs):
+        super().__init__(backbone, options, **kwargs)
+        self.projection = MoCoProjectionHead(backbone.num_features, options.hidden_dim, options.output_dim)
+        self.backbone_momentum = momentum_copy(backbone)
+        self.projection_momentum = momentum_copy(self.projection)
+        self.criterion = self._criterion(options.queue_size)
+
+    def _criterion(self, queue_size: int) -> NTXentLoss:
+        bank = (queue_size, self.options.output_dim) if queue_size > 0 else 0
+        return NTXentLoss(temperature=self.options.temperature, memory_bank_size=bank, gather_distributed=True)
+
+    def on_train_start(self):
+        """Cap the queue at the number of training images (the data is only known once training starts)."""
+        super().on_train_start()
+        loader = self.trainer.train_dataloader
+        n = len(loader.dataset) if loader is not None and hasattr(loader, "dataset") else None
+        if n is not None and 0 < n < self.options.queue_size:
+            self.criterion = self._criterion(n).to(self.device)
+
+    def momentum_pairs(self):
+        return [(self.backbone, self.backbone_momentum), (self.projection, self.projection_momentum)]
+
+    def query(self, x):
+        return self.projection(self.backbone(self.normalise(x)))
+
+    @torch.no_grad()
+    def key(self, x):
+        return self.projection_momentum(self.backbone_momentum(self.normalise(x))).detach()
+
+    def ssl_loss(self, images):
+        q, k = self.query(self.views(images)), self.key(self.views(images))
+        return self.criterion(q, k)  # positives: (q_i, k_i); negatives: the queue, which then receives k
