@@ -55,7 +55,8 @@ def quiet_lightning() -> None:
     """Lightning's per-run banners and tips drown a grid's progress bar; errors and warnings that matter stay."""
     for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
         logging.getLogger(name).setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore", message=".*(LeafSpec|does not have many workers|litlogger|TPU).*")
+    warnings.filterwarnings("ignore", message=".*(LeafSpec|does not have many workers|litlogger|TPU|"
+                                              "no `val_dataloader`|exists and is not empty).*")
 
 
 def _input_size(cfg_resize: int | None, data: ImageDataset) -> tuple[int, ...]:

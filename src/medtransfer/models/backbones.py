@@ -84,11 +84,16 @@ class Backbone(nn.Module):
             x = self.run_step(step, x)
         return self.pool(self.finish(x))
 
-    def feature_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Multi-scale maps, one per native stage (the output of its last kept step), for dense decoders."""
+    def feature_maps(self, x: torch.Tensor, after_step=None) -> list[torch.Tensor]:
+        """Multi-scale maps, one per native stage (the output of its last kept step), for dense decoders.
+
+        ``after_step`` (tensor -> tensor) runs after every step, e.g. SparK re-applying its mask at each scale.
+        """
         maps = []
         for i, step in enumerate(self.steps):
             x = self.run_step(step, x)
+            if after_step is not None:
+                x = after_step(x)
             if i + 1 == len(self.steps) or self.steps[i + 1].stage != step.stage:
                 maps.append(self.to_map(self.finish(x) if i + 1 == len(self.steps) else x))
         return maps

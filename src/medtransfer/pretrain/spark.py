@@ -112,17 +112,12 @@ class SparK(BaseMethod):
     def sparse_feature_maps(self, x: torch.Tensor, visible: torch.Tensor, mask_input: bool = True,
                             remask: bool = True) -> list[torch.Tensor]:
         """``Backbone.feature_maps`` with the mask applied to the input and re-applied after every step."""
-        backbone, maps = self.backbone, []
         keep = visible.to(x.dtype)
-        if mask_input:
-            x = x * resize(keep, x.shape[2:])
-        for i, step in enumerate(backbone.steps):
-            x = backbone.run_step(step, x)
-            if remask:
-                x = x * resize(keep, x.shape[2:])
-            if i + 1 == len(backbone.steps) or backbone.steps[i + 1].stage != step.stage:
-                maps.append(backbone.to_map(backbone.finish(x) if i + 1 == len(backbone.steps) else x))
-        return maps
+
+        def mask(t: torch.Tensor) -> torch.Tensor:
+            return t * resize(keep, t.shape[2:])
+
+        return self.backbone.feature_maps(mask(x) if mask_input else x, after_step=mask if remask else None)
 
     def densify(self, maps: list[torch.Tensor], visible: torch.Tensor) -> list[torch.Tensor]:
         out = []
