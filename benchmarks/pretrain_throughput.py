@@ -6,7 +6,7 @@ the baseline is backbone + linear head + cross-entropy, forward/backward/step; a
 baseline, and peak memory (CUDA: max allocated; CPU: peak RSS of the process).
 
     .venv/bin/python benchmarks/pretrain_throughput.py                          # 2D, resnet18 at 64 px, CPU
-    .venv/bin/python benchmarks/pretrain_throughput.py --dims 3 --backbone resnet18_3d --size 32
+    .venv/bin/python benchmarks/pretrain_throughput.py --backbone resnet18_3d --size 32 --batch 8
     .venv/bin/python benchmarks/pretrain_throughput.py --device cuda --backbone resnet50 --size 224 --batch 128
 """
 
@@ -70,7 +70,6 @@ def measure(args, method_name: str | None, queue) -> None:
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backbone", default="resnet18")
-    parser.add_argument("--dims", type=int, default=2, choices=(2, 3))
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--small-stem", action="store_true")
     parser.add_argument("--batch", type=int, default=32)
@@ -90,7 +89,9 @@ def main():
         process.join()
         results[name] = queue.get() if not queue.empty() else (name, None, None, f"exit code {process.exitcode}")
     base = results[None][1]
-    print(f"{args.backbone} {args.dims}D {args.size}px, batch {args.batch}, {args.steps} timed steps, {args.device}, "
+    from medtransfer.models.factory import backbone_spec
+
+    print(f"{args.backbone} {backbone_spec(args.backbone).spatial_dims}D {args.size}px, batch {args.batch}, {args.steps} timed steps, {args.device}, "
           f"{torch.get_num_threads()} threads, torch {torch.__version__}")
     print(f"{'method':<16}{'img/s':>10}{'x baseline':>12}{'peak MB':>10}")
     print(f"{'baseline':<16}{base:>10.1f}{1.0:>12.2f}{results[None][2]:>10.0f}")
