@@ -125,7 +125,7 @@ def test_layerwise_decay_gives_geometric_rates_by_unit(tiny2d, make_backbone):
 def test_frozen_batchnorm_stays_in_eval_mode_through_train_calls(make_backbone, tiny2d):
     backbone = make_backbone()
     parse_strategy("q4").prepare(backbone, "stage")
-    model = Classifier(backbone, tiny2d.num_classes).train()
+    Classifier(backbone, tiny2d.num_classes).train()
     assert not backbone.model.bn1.training and not backbone.model.layer1[0].bn1.training
     assert backbone.model.layer4[0].bn1.training
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from medtransfer.config import TrainConfig
-from medtransfer.data.base import ImageDataset, Split
+from medtransfer.data.base import Split
 from medtransfer.data.synthetic import synthetic3d
 from medtransfer.finetune.strategies import parse_strategy
 from medtransfer.finetune.train import fine_tune, tensor_dataset

@@ -8,7 +8,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-import torch.nn.functional as F
 
 from medtransfer.config import PretrainConfig, validate_config
 from medtransfer.errors import ConfigError

@@ -26,7 +26,7 @@ from medtransfer.data import ImageDataset, label_fraction_indices, load_dataset
 from medtransfer.data.fractions import describe_subset
 from medtransfer.errors import ConfigError
 from medtransfer.finetune.train import fine_tune
-from medtransfer.models.checkpoint import load_backbone_weights, read_metadata, read_weights, sha256_file
+from medtransfer.models.checkpoint import load_backbone_weights, read_weights, sha256_file
 from medtransfer.models.factory import create_backbone
 from medtransfer.pretrain import METHODS
 from medtransfer.pretrain.run import check_options, default_output, pretrain

@@ -9,11 +9,10 @@ U-Net decoder as Models Genesis, sigmoid output, MSE to the clean image.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from pydantic import Field
 
-from medtransfer.pretrain.base import BaseMethod, MethodOptions
-from medtransfer.pretrain.decoder import UNetDecoder
+from medtransfer.pretrain.base import MethodOptions
+from medtransfer.pretrain.restoration import RestorationMethod
 
 
 class DenoisingOptions(MethodOptions):
@@ -22,24 +21,12 @@ class DenoisingOptions(MethodOptions):
     decoder_max_width: int = Field(256, ge=8)
 
 
-class DenoisingAE(BaseMethod):
+class DenoisingAE(RestorationMethod):
     Options = DenoisingOptions
-    family = "restorative"
-    spatial_dims = (2, 3)
-    backbone_families = ("resnet", "unet_encoder")
 
-    def __init__(self, backbone, options: DenoisingOptions, **kwargs):
-        super().__init__(backbone, options, **kwargs)
-        self.decoder = UNetDecoder.for_backbone(backbone, max_width=options.decoder_max_width)
-
-    def corrupt(self, images: torch.Tensor) -> torch.Tensor:
+    def corrupt(self, images):
         noisy = images + self.options.noise_std * torch.randn_like(images)
         if self.options.mask_ratio > 0:
             keep = torch.rand(len(images), 1, *images.shape[2:], device=images.device) >= self.options.mask_ratio
             noisy = noisy * keep
-        return noisy
-
-    def ssl_loss(self, images):
-        restored = torch.sigmoid(self.decoder(self.backbone.feature_maps(self.normalise(self.corrupt(images))),
-                                              images.shape[2:]))
-        return F.mse_loss(restored, images)
+        return noisy, images

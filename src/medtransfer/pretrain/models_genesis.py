@@ -8,12 +8,10 @@ official configuration's (nonlinear 0.9, local 0.5, paint 0.9 of which out-paint
 
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
 from pydantic import Field
 
-from medtransfer.pretrain.base import BaseMethod, MethodOptions
-from medtransfer.pretrain.decoder import UNetDecoder
+from medtransfer.pretrain.base import MethodOptions
+from medtransfer.pretrain.restoration import RestorationMethod
 from medtransfer.pretrain.genesis_transforms import GenesisCorruption
 
 
@@ -29,22 +27,14 @@ class ModelsGenesisOptions(MethodOptions):
     decoder_max_width: int = Field(256, ge=8)
 
 
-class ModelsGenesis(BaseMethod):
+class ModelsGenesis(RestorationMethod):
     Options = ModelsGenesisOptions
-    family = "restorative"
-    spatial_dims = (2, 3)
-    backbone_families = ("resnet", "unet_encoder")
 
     def __init__(self, backbone, options: ModelsGenesisOptions, **kwargs):
         super().__init__(backbone, options, **kwargs)
-        self.decoder = UNetDecoder.for_backbone(backbone, max_width=options.decoder_max_width)
-        self.corrupt = GenesisCorruption(options.flip_rate, options.local_rate, options.nonlinear_rate,
-                                         options.paint_rate, options.outpaint_rate, options.shuffle_window,
-                                         options.shuffle_fraction, options.max_boxes)
+        self.corruption = GenesisCorruption(options.flip_rate, options.local_rate, options.nonlinear_rate,
+                                            options.paint_rate, options.outpaint_rate, options.shuffle_window,
+                                            options.shuffle_fraction, options.max_boxes)
 
-    def restore(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.decoder(self.backbone.feature_maps(self.normalise(x)), x.shape[2:]))
-
-    def ssl_loss(self, images):
-        corrupted, target = self.corrupt(images)
-        return F.mse_loss(self.restore(corrupted), target)
+    def corrupt(self, images):
+        return self.corruption(images)  # the flip reaches the target too, so input and target stay aligned
