@@ -70,3 +70,19 @@ def test_windowing_maps_the_window_to_the_unit_range():
     L.seed_everything(0, verbose=False)
     out = views(torch.rand(4, 1, 16, 16))
     assert out.shape == (4, 1, 16, 16) and out.min() >= 0 and out.max() <= 1
+
+
+def test_continual_pretraining_starts_from_a_timm_weights_file(tmp_path):
+    """timm caches ImageNet weights as a plain model.safetensors with native keys and a 1000-class head: such a file
+    is a valid init (head dropped, RGB stem summed to grayscale) and the chain records it."""
+    import timm
+    from safetensors.torch import save_file
+
+    source = timm.create_model("resnet18", pretrained=False)  # the layout of timm's cached ImageNet file
+    state = {k: v.contiguous() for k, v in source.state_dict().items()}
+    save_file(state, str(tmp_path / "model.safetensors"))
+    cfg = config(backbone={"name": "resnet18"}, epochs=1, init=str(tmp_path / "model.safetensors"))
+    path = pretrain(cfg, tmp_path / "out")
+    chain = read_metadata(path)["init_chain"]
+    assert chain[0]["checkpoint"].endswith("model.safetensors")
+    assert chain[0]["adapted"] == ["conv1.weight: 3 -> 1 input channels"]
