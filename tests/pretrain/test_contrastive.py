@@ -148,25 +148,16 @@ def test_dino_loss_centres_and_sharpens_the_teacher_with_the_configured_temperat
 # --- learning ------------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("spatial_dims", [2, 3])
 @pytest.mark.parametrize("name", list(NAMES))
-def test_loss_goes_down_on_a_fixed_batch(name, spatial_dims):
+def test_loss_goes_down_on_a_fixed_batch(name, spatial_dims, fixed_batch_losses):
     L.seed_everything(0, verbose=False)
     method = make(name, spatial_dims)
     queue = getattr(method.criterion, "memory_bank", None)
     negatives = queue.bank.clone() if queue is not None else None
     images = torch.rand(8, 1, *(16,) * spatial_dims)
-    opt = torch.optim.Adam([p for p in method.parameters() if p.requires_grad], lr=1e-3)
-    losses = []
-    for _ in range(10):
-        torch.manual_seed(1)  # the same views every step: what changes is the network, not the augmentation
-        if queue is not None:  # MoCo: nor the negatives; on one fixed batch the queue would fill with its positives
-            queue.bank.copy_(negatives)
-        loss = method.ssl_loss(images)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        if hasattr(method, "momentum_pairs"):
-            update_pairs(method.momentum_pairs(), 0.99)
-        losses.append(loss.item())
+    # MoCo: keep the negatives fixed too; on one fixed batch the queue would fill with its own positives
+    reset_queue = (lambda: queue.bank.copy_(negatives)) if queue is not None else None
+    update = (lambda: update_pairs(method.momentum_pairs(), 0.99)) if hasattr(method, "momentum_pairs") else None
+    losses = fixed_batch_losses(method, images, before_step=reset_queue, after_step=update)
     assert losses[-1] < losses[0], losses
 
 

@@ -163,28 +163,15 @@ def test_jigsaw_resizes_tiles_for_fixed_size_backbones():
 
 
 # --- learning -----------------------------------------------------------------------------------------------------
-def losses_over_steps(method, images, steps=10, lr=1e-3):
-    opt = torch.optim.Adam(method.parameters(), lr=lr)
-    losses = []
-    for _ in range(steps):
-        torch.manual_seed(1)  # the same pretext every step: what changes is the network
-        loss = method.ssl_loss(images)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-    return losses
-
-
 @pytest.mark.parametrize("name,spatial_dims", [("rotation", 2), ("rotation", 3), ("jigsaw", 2), ("jigsaw", 3)])
-def test_predictive_loss_goes_down(name, spatial_dims):
+def test_predictive_loss_goes_down(name, spatial_dims, fixed_batch_losses):
     L.seed_everything(0, verbose=False)
     if name == "rotation":
         method = Rotation(tiny_backbone(spatial_dims), RotationOptions(), **KW)
     else:
         method = Jigsaw(tiny_backbone(spatial_dims), JigsawOptions(n_permutations=10, tile_dim=32, hidden_dim=64), **KW)
     images = torch.rand(8, 1, *(16,) * spatial_dims)
-    losses = losses_over_steps(method, images)
+    losses = fixed_batch_losses(method, images)
     assert losses[-1] < losses[0] and sum(losses[-3:]) < sum(losses[:3])
 
 
@@ -234,10 +221,10 @@ def test_multi_ssl_loss_is_the_weighted_sum_of_partial_losses():
     assert all(torch.allclose(method.last_partials[k], v, atol=1e-6) for k, v in partials.items())
 
 
-def test_multi_ssl_loss_goes_down():
+def test_multi_ssl_loss_goes_down(fixed_batch_losses):
     L.seed_everything(0, verbose=False)
     method = make_multi()
-    losses = losses_over_steps(method, torch.rand(8, 1, 16, 16))
+    losses = fixed_batch_losses(method, torch.rand(8, 1, 16, 16))
     assert losses[-1] < losses[0] and sum(losses[-3:]) < sum(losses[:3])
 
 

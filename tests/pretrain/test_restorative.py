@@ -239,20 +239,12 @@ LEARN_CASES = [
 
 @pytest.mark.parametrize("method_cls,name,size,small,options", LEARN_CASES,
                          ids=[f"{c[0].__name__}-{c[1]}" for c in LEARN_CASES])
-def test_loss_goes_down_on_a_fixed_batch(method_cls, name, size, small, options):
+def test_loss_goes_down_on_a_fixed_batch(method_cls, name, size, small, options, fixed_batch_losses):
     L.seed_everything(0, verbose=False)
     method = make(method_cls, name, size, small, **options)
     dims = method.backbone.spatial_dims
     images = torch.rand(2 if dims == 3 else 8, 1, *(size,) * dims)
-    opt = torch.optim.Adam(method.parameters(), lr=3e-3)
-    losses = []
-    for _ in range(10):
-        torch.manual_seed(1)  # the same corruption/mask every step: only the network changes
-        loss = method.ssl_loss(images)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    losses = fixed_batch_losses(method, images, lr=3e-3)
     assert losses[-1] < losses[0] and sum(losses[-3:]) < sum(losses[:3])
 
 
