@@ -12,16 +12,24 @@ import numpy as np
 
 from medtransfer.errors import DataError, allowed
 
-TASKS = ("binary", "multiclass", "multilabel", "ordinal")
+CLASSIFICATION_TASKS = ("binary", "multiclass", "multilabel", "ordinal")
+TASKS = (*CLASSIFICATION_TASKS, "segmentation", "unlabelled")
 SPLITS = ("train", "val", "test")
 
 
 @dataclass(frozen=True)
 class Split:
-    """One split: uint8 images (N, C, *spatial) and int64 labels ((N,) class index, or (N, L) of 0/1 for multilabel)."""
+    """One split: uint8 images (N, C, *spatial) and integer labels.
+
+    Labels are (N,) class indices, (N, L) 0/1 for multilabel, (N, *spatial) class-index masks for segmentation
+    (0 = background) and (N,) zeros for unlabelled images. ``fov`` (N, *spatial) bool marks where segmentation
+    metrics count (e.g. DRIVE's field-of-view mask); ``patients`` (N,) str lets splits be checked for patient leaks.
+    """
 
     images: np.ndarray
     labels: np.ndarray
+    fov: np.ndarray | None = None
+    patients: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.images)
@@ -71,6 +79,8 @@ class ImageDataset:
             where = f"{name}: {split_name}"
             _check_images(split.images, self.spatial_dims, where)
             if len(split) == 0:
+                if self.task == "unlabelled" and split_name != "train":
+                    continue  # pre-training data needs no held-out splits
                 raise DataError(f"{where} split is empty; allowed: at least one example")
             if layout is None:
                 layout = split.images.shape[1:]
@@ -88,9 +98,45 @@ class ImageDataset:
                 raise DataError(
                     f"{where}: {len(labels)} labels for {len(split.images)} images; allowed: one label row per image"
                 )
-            _check_labels(labels, self.task, self.num_classes, f"{where}.labels")
-        _check_all_classes_present(self.train.labels, self.task, self.class_names, name)
+            if self.task == "segmentation":
+                _check_masks(split, self.num_classes, where)
+            else:
+                _check_labels(labels, self.task, self.num_classes, f"{where}.labels")
+            if split.patients is not None and len(split.patients) != len(split.images):
+                raise DataError(f"{where}: {len(split.patients)} patient ids for {len(split.images)} images; "
+                                "allowed: one patient id per image")
+        check_patient_leak(self)
+        if self.task != "unlabelled":
+            _check_all_classes_present(self.train.labels, self.task, self.class_names, name)
         return self
+
+
+def check_patient_leak(data: "ImageDataset") -> None:
+    """A patient in two splits inflates test scores (the model has seen that anatomy); refuse such splits."""
+    seen: dict[str, str] = {}
+    for split_name in SPLITS:
+        patients = getattr(data, split_name).patients
+        if patients is None:
+            continue
+        for patient in map(str, np.unique(patients)):
+            if patient in seen and seen[patient] != split_name:
+                leaked = sorted(set(map(str, np.unique(patients))) & {p for p, s in seen.items() if s != split_name})
+                raise DataError(f"{data.name}: patient(s) {', '.join(leaked[:10])}"
+                                f"{' ...' if len(leaked) > 10 else ''} appear in both {seen[patient]} and "
+                                f"{split_name}; allowed: each patient in one split only (split by patient id)")
+            seen.setdefault(patient, split_name)
+
+
+def _check_masks(split: Split, num_classes: int, where: str) -> None:
+    shape = (len(split.images), *split.images.shape[2:])
+    if split.labels.shape != shape:
+        raise DataError(f"{where}.labels (masks) have shape {split.labels.shape}; allowed: {shape}, "
+                        "one class-index mask per image")
+    bad = split.labels[(split.labels < 0) | (split.labels >= num_classes)]
+    if bad.size:
+        raise DataError(f"{where}.labels (masks) contain {bad.flat[0]}; allowed: 0..{num_classes - 1}")
+    if split.fov is not None and split.fov.shape != shape:
+        raise DataError(f"{where}.fov has shape {split.fov.shape}; allowed: {shape}")
 
 
 def _check_images(images: np.ndarray, spatial_dims: int, where: str) -> None:
@@ -120,7 +166,10 @@ def _check_labels(labels: np.ndarray, task: str, num_classes: int, where: str) -
 
 def _check_all_classes_present(labels: np.ndarray, task: str, class_names: tuple[str, ...], name: str) -> None:
     """Stratified label fractions and per-class AUC need at least one training example of every class."""
-    counts = labels.sum(axis=0) if task == "multilabel" else np.bincount(labels, minlength=len(class_names))
+    if task == "multilabel":
+        counts = labels.sum(axis=0)
+    else:
+        counts = np.bincount(labels.reshape(-1).astype(np.int64), minlength=len(class_names))
     missing = [f"{i} ({class_names[i]})" for i in np.flatnonzero(counts == 0)]
     if missing:
         what = "positive example" if task == "multilabel" else "example"
@@ -135,8 +184,8 @@ def labels_from_array(raw, task: str, num_classes: int, where: str) -> np.ndarra
     Files store labels as floats or (N, 1) columns; converting here, with the file and key in `where`, turns a NaN or
     a stray 2.5 into an error at load time rather than a silently wrong class after an int cast.
     """
-    if task not in TASKS:
-        raise DataError(f"{where}: task={task!r} is unknown; allowed: {allowed(TASKS)}")
+    if task not in CLASSIFICATION_TASKS:
+        raise DataError(f"{where}: task={task!r} has no per-image class labels; allowed: {allowed(CLASSIFICATION_TASKS)}")
     arr = np.asarray(raw)
     if not (arr.dtype == np.bool_ or np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
         raise DataError(f"{where} has dtype {arr.dtype}; allowed: bool, integer or real floating dtype")
