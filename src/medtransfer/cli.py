@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from medtransfer import __version__
+from medtransfer.cli_zoo import add_zoo_parser
 from medtransfer.errors import MedtransferError
 
 
@@ -72,6 +73,13 @@ def _results(args) -> int:
     return 0
 
 
+def _report(args) -> int:
+    from medtransfer.report import report_folder
+
+    print(f"report: {report_folder(args.folder, args.output, args.metric, args.baseline).resolve()}")
+    return 0
+
+
 def _describe(args) -> int:
     from medtransfer.models.depth import describe_units
     from medtransfer.models.factory import backbone_spec, create_backbone
@@ -94,7 +102,7 @@ def _describe(args) -> int:
 
 def _list(args) -> int:
     from medtransfer.data import DATASETS
-    from medtransfer.evaluate import METRICS
+    from medtransfer.evaluate import METRICS, SEGMENTATION_METRICS
     from medtransfer.finetune.strategies import QUARTER_SHORTHANDS, STRATEGIES
     from medtransfer.models.factory import BACKBONES
     from medtransfer.pretrain import METHODS
@@ -104,7 +112,7 @@ def _list(args) -> int:
           + ", or any timm ResNet/ViT name")
     print("strategies: " + ", ".join(list(STRATEGIES) + list(QUARTER_SHORTHANDS)))
     print("methods:    " + ", ".join(METHODS))
-    print("metrics:    " + ", ".join(METRICS))
+    print("metrics:    " + ", ".join(METRICS) + "; segmentation: " + ", ".join(SEGMENTATION_METRICS))
     return 0
 
 
@@ -150,6 +158,17 @@ def build_parser() -> argparse.ArgumentParser:
     res.add_argument("--csv", type=Path, help="also write the summary to this CSV file")
     res.set_defaults(func=_results)
 
+    rep = sub.add_parser("report", help="HTML report with CIs, tests against a baseline and figures",
+                         description="Write report.html (self-contained) plus Markdown, CSV, LaTeX tables and PNG "
+                         "figures from an experiment folder's results store, and print the report's path.")
+    rep.add_argument("folder", type=Path, help="experiment folder (holds results.sqlite)")
+    rep.add_argument("--baseline", default="random/end_to_end",
+                     help="INIT/STRATEGY cell every other cell is compared with, or INIT alone to compare inits "
+                     "under the same strategy (default: random/end_to_end)")
+    rep.add_argument("--metric", help="metric of the comparisons and figures (default: auc when present)")
+    rep.add_argument("--output", type=Path, help="report folder (default: FOLDER/report)")
+    rep.set_defaults(func=_report)
+
     desc = sub.add_parser("describe", help="a backbone's depth units with their share of depth and parameters")
     desc.add_argument("backbone", help="backbone name (see 'medtransfer list')")
     desc.add_argument("--view", help="unit convention (default: all views)")
@@ -160,6 +179,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     lst = sub.add_parser("list", help="registered datasets, backbones, strategies, methods and metrics")
     lst.set_defaults(func=_list)
+
+    add_zoo_parser(sub)
     return parser
 
 

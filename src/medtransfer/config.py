@@ -79,9 +79,27 @@ class BackboneConfig(Strict):
         return name
 
 
+class SegmentationConfig(Strict):
+    """How segmentation datasets are trained and scored (ignored for classification)."""
+
+    decoder: Literal["unet", "fpn"] = "unet"
+    loss: Literal["dice", "dice_ce", "bce"] = Field("dice_ce", description="bce: sigmoid, 2-class datasets only")
+    patch_size: Optional[Union[int, list[int]]] = Field(
+        None, description="train on random patches of this size, evaluate by sliding window; null: whole images")
+    overlap: float = Field(0.25, ge=0, lt=1, description="sliding-window overlap between neighbouring patches")
+
+    @field_validator("patch_size")
+    @classmethod
+    def _positive(cls, value):
+        sizes = [value] if isinstance(value, int) else (value or [])
+        if any(s < 8 for s in sizes):
+            raise ValueError(f"patch sizes must be >= 8 pixels, got {value}")
+        return value
+
+
 class TrainConfig(Strict):
     """Fine-tuning schedule. Defaults are the MedMNIST v2 protocol (Adam 1e-3, batch 128, 100 epochs, lr x0.1 at
-    50 % and 75 %, no augmentation, model selected on validation AUC)."""
+    50 % and 75 %, no augmentation, model selected on validation AUC; Dice for segmentation)."""
 
     epochs: int = Field(100, ge=1)
     batch_size: int = Field(128, ge=1)
@@ -92,19 +110,21 @@ class TrainConfig(Strict):
     schedule: Literal["multistep", "cosine", "none"] = "multistep"
     milestones: list[float] = [0.5, 0.75]
     gamma: float = Field(0.1, gt=0)
-    monitor: str = "auc"
+    monitor: Optional[str] = Field(None, description="default: auc (classification), dice (segmentation)")
     early_stopping_patience: Optional[int] = Field(None, ge=1)
     min_samples_per_epoch: int = Field(0, ge=0, description="repeat a small labelled subset to this many per epoch")
     augment: Literal["none", "flip", "light"] = "none"
     dropout: float = Field(0.0, ge=0, lt=1)
     keep_checkpoints: bool = False
+    segmentation: SegmentationConfig = SegmentationConfig()
 
     @field_validator("monitor")
     @classmethod
-    def _metric(cls, name: str) -> str:
-        from medtransfer.evaluate import METRICS
-        if name != "loss" and name not in METRICS:
-            raise ValueError(f"unknown metric {name!r}; allowed: {allowed(list(METRICS) + ['loss'])}")
+    def _metric(cls, name: Optional[str]) -> Optional[str]:
+        from medtransfer.evaluate import METRICS, SEGMENTATION_METRICS
+        names = [*METRICS, *SEGMENTATION_METRICS, "loss"]
+        if name is not None and name not in names:
+            raise ValueError(f"unknown metric {name!r}; allowed: {allowed(names)}")
         return name
 
 
@@ -118,13 +138,45 @@ class HardwareConfig(Strict):
     deterministic: bool = True
 
 
+class WeightsSource(Strict):
+    """Pre-trained weights by name: a zoo model (cached by `medtransfer zoo fetch/import`), a timm model whose
+    weights are in the local cache, or a file (medtransfer checkpoint, or a foreign one whose layout is detected)."""
+
+    zoo: Optional[str] = None
+    timm: Optional[str] = None
+    checkpoint: Optional[FilePath] = None
+
+    @field_validator("zoo")
+    @classmethod
+    def _known_zoo(cls, name: Optional[str]) -> Optional[str]:
+        from medtransfer.models.zoo import ZOO
+        return name if name is None else _registered(name, ZOO, "zoo model")
+
+    @model_validator(mode="after")
+    def _exactly_one(self):
+        given = [k for k in ("zoo", "timm", "checkpoint") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of zoo, timm, checkpoint (got {given or 'none'})")
+        return self
+
+
+def _weights_source(value: Any) -> str:
+    return "source" if isinstance(value, (dict, BaseModel)) else "file"
+
+
+WeightsInit = Annotated[Union[Annotated[FilePath, Tag("file")], Annotated[WeightsSource, Tag("source")]],
+                        Discriminator(_weights_source)]
+
+
 class PretrainConfig(Strict):
-    """Self-supervised pre-training of a backbone on a dataset's images; labels are never read."""
+    """Self-supervised pre-training of a backbone on a dataset's images; labels are never read (except by the
+    ``supervised`` method, which is continual pre-training with labels)."""
 
     method: str = "simclr"
     data: DatasetConfig
     backbone: BackboneConfig = BackboneConfig()
-    init: Optional[FilePath] = Field(None, description="continue from this checkpoint instead of random weights")
+    init: Optional[WeightsInit] = Field(None, description="continue from these weights (a file, {zoo: NAME}, "
+                                                          "{timm: NAME} or {checkpoint: FILE})")
     epochs: int = Field(100, ge=1)
     batch_size: int = Field(256, ge=2)
     lr: float = Field(1e-3, gt=0)
@@ -156,11 +208,20 @@ PretrainSource = Annotated[Union[Annotated[FilePath, Tag("file")], Annotated[Pre
 
 
 class InitConfig(Strict):
-    """Where fine-tuning starts: random (neither key), a checkpoint file, or a medtransfer pre-training."""
+    """Where fine-tuning starts: random (no source), a checkpoint file, a zoo model, a timm model's cached weights,
+    or a medtransfer pre-training."""
 
     label: Optional[str] = None
     checkpoint: Optional[FilePath] = None
+    zoo: Optional[str] = None
+    timm: Optional[str] = None
     pretrain: Optional[PretrainSource] = None
+
+    @field_validator("zoo")
+    @classmethod
+    def _known_zoo(cls, name: Optional[str]) -> Optional[str]:
+        from medtransfer.models.zoo import ZOO
+        return name if name is None else _registered(name, ZOO, "zoo model")
 
     @model_validator(mode="before")
     @classmethod
@@ -168,14 +229,15 @@ class InitConfig(Strict):
         if data == "random":
             return {"label": "random"}
         if isinstance(data, str):
-            raise ValueError(f"{data!r} is not an init; allowed: 'random', {{checkpoint: FILE}}, "
-                             "{pretrain: PRETRAIN.yaml or an inline pre-training config}")
+            raise ValueError(f"{data!r} is not an init; allowed: 'random', {{checkpoint: FILE}}, {{zoo: NAME}}, "
+                             "{timm: MODEL}, {pretrain: PRETRAIN.yaml or an inline pre-training config}")
         return data
 
     @model_validator(mode="after")
     def _one_source(self):
-        if self.checkpoint is not None and self.pretrain is not None:
-            raise ValueError("give either checkpoint or pretrain, not both")
+        given = [k for k in ("checkpoint", "zoo", "timm", "pretrain") if getattr(self, k) is not None]
+        if len(given) > 1:
+            raise ValueError(f"give one of checkpoint, zoo, timm or pretrain, not {' and '.join(given)}")
         return self
 
     @property
@@ -184,6 +246,8 @@ class InitConfig(Strict):
             return self.label
         if self.checkpoint is not None:
             return self.checkpoint.stem
+        if self.zoo or self.timm:
+            return self.zoo or self.timm
         if self.pretrain is not None:
             return self.pretrain.stem if isinstance(self.pretrain, Path) else self.pretrain.method
         return "random"
@@ -266,8 +330,9 @@ def _allowed_keys(model: type[BaseModel], loc: tuple) -> list[str]:
 
 
 def _user_loc(loc: tuple) -> tuple:
-    """``loc`` without the union tags pydantic inserts after ``pretrain``, so keys read as they are in the file."""
-    return tuple(p for i, p in enumerate(loc) if not (i and loc[i - 1] == "pretrain" and p in _PRETRAIN_TAGS))
+    """``loc`` without the union tags pydantic inserts after ``pretrain``/``init``, so keys read as in the file."""
+    tags = {"pretrain": _PRETRAIN_TAGS, "init": ("file", "source")}
+    return tuple(p for i, p in enumerate(loc) if not (i and p in tags.get(loc[i - 1], ())))
 
 
 def format_validation_error(err: ValidationError, model: type[BaseModel], source: str) -> ConfigError:

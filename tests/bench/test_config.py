@@ -182,7 +182,8 @@ def test_init_string_other_than_random(tmp_path):
 
 def test_init_with_checkpoint_and_pretrain(tmp_path):
     message = error_of(tmp_path, {**BASE, "inits": [{"checkpoint": "a.safetensors", "pretrain": "p.yaml"}]})
-    assert "inits.0" in message and "either checkpoint or pretrain" in message
+    assert "inits.0" in message
+    assert "give one of checkpoint, zoo, timm or pretrain, not checkpoint and pretrain" in message
 
 
 def test_missing_required_key(tmp_path):

@@ -128,3 +128,12 @@ def test_dataset_labels_tell_resize_apart():
     assert len(set(labels)) == 2, labels
     specs = expand(cfg_of(datasets=[{**SMALL, "resize": 32}, {**SMALL, "resize": 64}]))
     assert len({s.dataset_label for s in specs}) == 2
+
+
+def test_segmentation_settings_key_only_segmentation_runs_and_the_default_monitor_is_explicit():
+    base, seg = cfg_of(), cfg_of(train={**GRID["train"], "segmentation": {"loss": "bce", "patch_size": 64}})
+    assert ids_of(base) == ids_of(seg)  # classification runs: stored results stay valid
+    assert ids_of(base) == ids_of(cfg_of(train={**GRID["train"], "monitor": "auc"}))
+    spec = expand(base)[0]
+    assert spec.run_id(base, None, segmentation=True) != spec.run_id(seg, None, segmentation=True)
+    assert spec.resolved(base, None, segmentation=True)["train"]["monitor"] == "dice"

@@ -120,6 +120,7 @@ def test_grid_stores_one_done_row_per_run(tmp_path, fake):
         extra = row["extra"]
         assert extra["n_train"] == call["n_train"] and extra["epochs_run"] == 1 and extra["init_file"] == ""
         assert extra["class_counts"]["n"] == call["n_train"] == sum(extra["class_counts"]["per_class"])
+        assert extra["class_names"] == list(data.class_names)
         assert row["config"]["seed"] == 0 and row["config"]["init"] == {"kind": "random", "sha256": None}
         run_dir = folder / "runs" / row["run_id"][:16]
         assert call["workdir"] == run_dir
@@ -313,6 +314,12 @@ def bad_pretrain_options(tmp_path):
     return {"inits": ["random", init]}, ConfigError, "temprature"
 
 
+def bad_pretrain_channels(tmp_path):
+    # grey pre-training data, RGB fine-tuning data: timm cannot adapt 1 -> 3 channels; known before pre-training
+    changes = {"datasets": [{**DATA, "channels": 3}], "inits": ["random", {"label": "ssl", "pretrain": TINY_PRETRAIN}]}
+    return changes, CheckpointError, r"inits \(ssl\): pre-training on synthetic2d: cannot adapt conv1\.weight from 1"
+
+
 def bad_view(tmp_path):
     return {"backbone": {"name": "resnet_tiny", "view": "layers"}}, ConfigError, "'layers' is not a view"
 
@@ -326,7 +333,8 @@ def bad_checkpoint_stem_mismatch(tmp_path):
 
 @pytest.mark.parametrize("make_bad", [bad_dataset_missing, bad_dataset_nan, bad_checkpoint_missing,
                                       bad_checkpoint_other_backbone, bad_pretrain_backbone, bad_pretrain_data,
-                                      bad_pretrain_options, bad_view, bad_checkpoint_stem_mismatch])
+                                      bad_pretrain_options, bad_pretrain_channels, bad_view,
+                                      bad_checkpoint_stem_mismatch])
 def test_bad_input_fails_before_training_and_keeps_results(tmp_path, finished, fake, no_pretrain, make_bad):
     changes, error, message = make_bad(tmp_path)
     before = snapshot(finished)

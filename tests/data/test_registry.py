@@ -7,7 +7,9 @@ from medtransfer.errors import DataError
 
 
 def test_registry_holds_synthetic_and_every_official_medmnist_dataset():
-    assert set(DATASETS) == {"synthetic2d", "synthetic3d", *medmnist.INFO}
+    own_data = {"drive", "segmentation_folder", "csv", "chestxray14", "chexpert", "image_folder", "volume_folder"}
+    assert set(DATASETS) == {"synthetic2d", "synthetic3d", "synthetic_seg2d", "synthetic_seg3d", *medmnist.INFO,
+                             *own_data}
 
 
 def test_load_dataset_passes_options_to_the_loader():

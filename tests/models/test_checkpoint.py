@@ -120,7 +120,11 @@ def test_rgb_checkpoint_into_grayscale_sums_input_channels(name, size, kw):
     assert all(torch.equal(target.model.state_dict()[k], v) for k, v in others.items())
 
 
-def test_unconvertible_channel_count_is_a_checkpoint_error():
+@pytest.mark.parametrize("to_chans", [5, 3])  # 1 -> 3: timm returns the weight unchanged instead of raising
+def test_unconvertible_channel_count_is_a_checkpoint_error(to_chans):
     state = create_backbone("resnet_tiny", 1, 32).model.state_dict()
-    with pytest.raises(CheckpointError, match=r"conv1\.weight.*1 .*5 input channels"):
-        load_backbone_weights(create_backbone("resnet_tiny", 5, 32), state, "src")
+    target = create_backbone("resnet_tiny", to_chans, 32)
+    before = target.model.conv1.weight.clone()
+    with pytest.raises(CheckpointError, match=rf"cannot adapt conv1\.weight from 1 to {to_chans} input channels"):
+        load_backbone_weights(target, state, "src")
+    assert torch.equal(target.model.conv1.weight, before)

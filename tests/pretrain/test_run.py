@@ -86,3 +86,24 @@ def test_continual_pretraining_starts_from_a_timm_weights_file(tmp_path):
     chain = read_metadata(path)["init_chain"]
     assert chain[0]["checkpoint"].endswith("model.safetensors")
     assert chain[0]["adapted"] == ["conv1.weight: 3 -> 1 input channels"]
+
+
+def _unlabelled(n=8):
+    import numpy as np
+
+    from medtransfer.data.base import ImageDataset, Split
+    empty = Split(np.zeros((0, 1, 16, 16), np.uint8), np.zeros(0, np.int64))
+    images = np.random.default_rng(0).integers(0, 255, (n, 1, 16, 16), dtype=np.uint8)
+    return ImageDataset("folder", "unlabelled", ("image",), 2, Split(images, np.zeros(n, np.int64)), empty,
+                        empty).validate()
+
+
+@pytest.mark.parametrize("changes, match", [({"method": "supervised"}, "trains on labels"),
+                                            ({"online_probe": True}, "online_probe")])
+def test_label_dependent_parts_are_refused_on_unlabelled_images_before_training(changes, match, tmp_path,
+                                                                                  monkeypatch):
+    from medtransfer.pretrain import run
+    monkeypatch.setattr(run, "load_dataset", lambda *a, **k: _unlabelled())
+    with pytest.raises(ConfigError, match=match):
+        pretrain(config(**changes), tmp_path)
+    assert not any(tmp_path.iterdir())  # nothing trained, nothing written

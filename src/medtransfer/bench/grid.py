@@ -28,18 +28,30 @@ class RunSpec:
         return {"dataset": self.dataset_label, "init": self.init.name, "strategy": self.strategy.label(),
                 "fraction": self.fraction, "seed": self.seed}
 
-    def resolved(self, cfg: ExperimentConfig, init_sha256: str | None) -> dict:
+    def resolved(self, cfg: ExperimentConfig, init_sha256: str | None, segmentation: bool = False) -> dict:
         return {"dataset": self.dataset.model_dump(mode="json"), "backbone": cfg.backbone.model_dump(mode="json"),
                 "init": {"kind": _init_kind(self.init), "sha256": init_sha256},
                 "strategy": self.strategy.model_dump(mode="json"), "fraction": self.fraction, "seed": self.seed,
-                "train": cfg.train.model_dump(mode="json")}
+                "train": _train_identity(cfg, segmentation)}
 
-    def run_id(self, cfg: ExperimentConfig, init_sha256: str | None) -> str:
-        return config_hash(self.resolved(cfg, init_sha256))
+    def run_id(self, cfg: ExperimentConfig, init_sha256: str | None, segmentation: bool = False) -> str:
+        return config_hash(self.resolved(cfg, init_sha256, segmentation))
+
+
+def _train_identity(cfg: ExperimentConfig, segmentation: bool) -> dict:
+    """The schedule as it acts on this run: the monitor resolved, the segmentation block only for segmentation.
+    Settings that cannot change a run stay out of its hash, so adding such a setting never re-runs stored work."""
+    train = cfg.train.model_dump(mode="json")
+    if not segmentation:
+        train.pop("segmentation")
+    if train["monitor"] is None:
+        train["monitor"] = "dice" if segmentation else "auc"
+    return train
 
 
 def _init_kind(init: InitConfig) -> str:
-    return "checkpoint" if init.checkpoint or init.pretrain else "random"
+    # zoo and timm inits are files too: the run id holds their content hash, whatever name led to them
+    return "checkpoint" if init.checkpoint or init.pretrain or init.zoo or init.timm else "random"
 
 
 def dataset_labels(datasets: list[DatasetConfig]) -> list[str]:

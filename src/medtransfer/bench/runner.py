@@ -25,11 +25,13 @@ from medtransfer.config import ExperimentConfig, InitConfig, PretrainConfig, loa
 from medtransfer.data import ImageDataset, label_fraction_indices, load_dataset
 from medtransfer.data.fractions import describe_subset
 from medtransfer.errors import ConfigError
-from medtransfer.finetune.train import fine_tune
-from medtransfer.models.checkpoint import load_backbone_weights, read_weights, sha256_file
+from medtransfer.finetune.segmentation import build_segmentation, segmentation_input_size
+from medtransfer.finetune.train import fine_tune, resolve_monitor
+from medtransfer.models.checkpoint import load_backbone_weights, sha256_file
 from medtransfer.models.factory import create_backbone
+from medtransfer.models.zoo import load_init, resolve_weights
 from medtransfer.pretrain import METHODS
-from medtransfer.pretrain.run import check_options, default_output, pretrain
+from medtransfer.pretrain.run import check_data, check_options, default_output, pretrain, resolve_init
 
 
 @dataclass
@@ -73,10 +75,10 @@ def _build(cfg: ExperimentConfig, prepared: Prepared, label: str):
                            spatial_dims=data.spatial_dims)
 
 
-def _check_fits(cfg: ExperimentConfig, state: dict, source: str, prepared: Prepared) -> None:
-    """Load ``state`` into a fresh backbone for every dataset, so misfits surface before fine-tuning."""
+def _check_fits(cfg: ExperimentConfig, path: Path, source: str, prepared: Prepared) -> None:
+    """Load the init file into a fresh backbone for every dataset, so misfits surface before fine-tuning."""
     for label in prepared.data:
-        load_backbone_weights(_build(cfg, prepared, label), state, source)
+        load_init(_build(cfg, prepared, label), path, source)
 
 
 def prepare(cfg: ExperimentConfig) -> Prepared:
@@ -84,34 +86,46 @@ def prepare(cfg: ExperimentConfig) -> Prepared:
     prepared = Prepared()
     for ds_cfg, label in zip(cfg.datasets, dataset_labels(cfg.datasets)):
         data = load_dataset(ds_cfg.name, **ds_cfg.options)
-        prepared.data[label], prepared.input_size[label] = data, _input_size(ds_cfg.resize, data)
+        prepared.data[label] = data
+        prepared.input_size[label] = (segmentation_input_size(data, ds_cfg.resize, cfg.train.segmentation)
+                                      if data.task == "segmentation" else _input_size(ds_cfg.resize, data))
+        monitor = resolve_monitor(cfg.train, data.task)
         probe = _build(cfg, prepared, label)
         view = cfg.backbone.view or probe.default_view
         probe.view(view)  # unknown view names fail here, whatever the strategies
         for strategy in cfg.strategies:  # an unknown view or a range selecting no unit fails here, not mid-grid
-            strategy.prepare(_build(cfg, prepared, label), view)
+            backbone = _build(cfg, prepared, label)
+            strategy.prepare(backbone, view)
+            if data.task == "segmentation":  # e.g. fpn on a truncated encoder, bce on three classes
+                build_segmentation(data, backbone, strategy, view, cfg.train, monitor, channels_last=False)
         for fraction in cfg.label_fractions:
             for seed in cfg.seeds:
                 prepared.subsets[label, fraction, seed] = label_fraction_indices(
                     data.train.labels, data.task, fraction, seed)
     for init in cfg.inits:
-        if init.checkpoint is not None:
-            _check_fits(cfg, read_weights(init.checkpoint), str(init.checkpoint), prepared)
-            prepared.init_files[init.name] = init.checkpoint
-            prepared.init_sha256[init.name] = sha256_file(init.checkpoint)
+        if init.checkpoint is not None or init.zoo is not None or init.timm is not None:
+            path, source = resolve_weights(init.zoo, init.timm, init.checkpoint, key=f"inits ({init.name})")
+            _check_fits(cfg, path, f"inits ({init.name}): {source}", prepared)
+            prepared.init_files[init.name] = path
+            prepared.init_sha256[init.name] = sha256_file(path)
         elif init.pretrain is not None:
             pcfg = _pretrain_config(init)
             check_options(pcfg)
+            resolve_init(pcfg)  # a missing init file or uncached zoo model fails here, not after other pre-trainings
             if (pcfg.backbone.name, pcfg.backbone.small_stem) != (cfg.backbone.name, cfg.backbone.small_stem):
                 raise ConfigError(f"inits ({init.name}): pre-training uses backbone {pcfg.backbone.name} "
                                   f"(small_stem={pcfg.backbone.small_stem}) but the experiment fine-tunes "
                                   f"{cfg.backbone.name} (small_stem={cfg.backbone.small_stem}); make them equal")
             pdata = load_dataset(pcfg.data.name, **pcfg.data.options)
-            problem = METHODS[pcfg.method].unsupported(create_backbone(
-                pcfg.backbone.name, pdata.in_chans, _input_size(pcfg.data.resize, pdata), pcfg.backbone.small_stem,
-                spatial_dims=pdata.spatial_dims))
+            check_data(pcfg, pdata)
+            pretrained = create_backbone(pcfg.backbone.name, pdata.in_chans, _input_size(pcfg.data.resize, pdata),
+                                         pcfg.backbone.small_stem, spatial_dims=pdata.spatial_dims)
+            problem = METHODS[pcfg.method].unsupported(pretrained)
             if problem:
                 raise ConfigError(f"inits ({init.name}): method {pcfg.method!r} {problem}")
+            for label in prepared.data:  # e.g. grey pre-training data for RGB images: refused before pre-training
+                load_backbone_weights(_build(cfg, prepared, label), pretrained.model.state_dict(),
+                                      f"inits ({init.name}): pre-training on {pcfg.data.name}")
             prepared.pretrain_configs[init.name] = pcfg
         else:
             prepared.init_files[init.name] = prepared.init_sha256[init.name] = None
@@ -122,7 +136,7 @@ def run_pretrainings(cfg: ExperimentConfig, prepared: Prepared, folder: Path, ve
     """Run (or reuse) each pre-training init inside the experiment folder; its checkpoint hash keys the runs."""
     for name, pcfg in prepared.pretrain_configs.items():
         checkpoint = pretrain(pcfg, pcfg.output or default_output(pcfg, folder / "pretrain"), verbose=verbose)
-        _check_fits(cfg, read_weights(checkpoint), str(checkpoint), prepared)
+        _check_fits(cfg, checkpoint, str(checkpoint), prepared)
         prepared.init_files[name] = checkpoint
         prepared.init_sha256[name] = sha256_file(checkpoint)
 
@@ -135,7 +149,7 @@ def run_one(cfg: ExperimentConfig, spec: RunSpec, prepared: Prepared, workdir: P
                                spatial_dims=data.spatial_dims)
     init_file = prepared.init_files[spec.init.name]
     if init_file is not None:
-        load_backbone_weights(backbone, read_weights(init_file), str(init_file))
+        load_init(backbone, init_file)
     view = cfg.backbone.view or backbone.default_view
     indices = prepared.subsets[spec.dataset_label, spec.fraction, spec.seed]
     return fine_tune(data, indices, backbone, spec.strategy, view, cfg.train, cfg.hardware, spec.seed, workdir,
@@ -153,7 +167,9 @@ def run_experiment(cfg: ExperimentConfig, folder: str | Path | None = None, verb
     run_pretrainings(cfg, prepared, folder, verbose)
     specs = expand(cfg)
     writer = rank_zero_only.rank == 0  # under DDP every process runs the grid; only rank 0 writes results
-    ids = [spec.run_id(cfg, prepared.init_sha256[spec.init.name]) for spec in specs]
+    segmentation = {label: data.task == "segmentation" for label, data in prepared.data.items()}
+    ids = [spec.run_id(cfg, prepared.init_sha256[spec.init.name], segmentation[spec.dataset_label])
+           for spec in specs]
     todo = [(spec, rid) for spec, rid in zip(specs, ids) if store.status(rid) != "done"]
     failed: list[str] = []
     finished_elsewhere = 0
@@ -165,7 +181,8 @@ def run_experiment(cfg: ExperimentConfig, folder: str | Path | None = None, verb
         labels = spec.labels()
         bar.set_postfix_str(f"{labels['init']} | {labels['strategy']} | {labels['fraction']:g} | seed {spec.seed}")
         if writer:
-            store.start(run_id, spec.resolved(cfg, prepared.init_sha256[spec.init.name]), labels)
+            store.start(run_id, spec.resolved(cfg, prepared.init_sha256[spec.init.name],
+                                              segmentation[spec.dataset_label]), labels)
         try:
             result, indices = run_one(cfg, spec, prepared, store.run_dir(run_id), verbose)
         except KeyboardInterrupt:
@@ -185,6 +202,7 @@ def run_experiment(cfg: ExperimentConfig, folder: str | Path | None = None, verb
             store.finish(run_id, result.metrics, result.per_class, result.val_metrics, result.timings, extra={
                 "best_epoch": result.best_epoch, "epochs_run": result.epochs_run, "n_train": int(len(indices)),
                 "class_counts": describe_subset(data.train.labels, data.task, indices),
+                "class_names": list(data.class_names),
                 "trainable_params": result.trainable_params, "total_params": result.total_params,
                 "init_file": str(prepared.init_files[spec.init.name] or "")})
     skipped = len(specs) - len(todo) + finished_elsewhere

@@ -10,15 +10,29 @@ import inspect
 from typing import Callable
 
 from medtransfer.data.base import TASKS, ImageDataset, Split
+from medtransfer.data.chest_xray import chestxray14, chexpert
+from medtransfer.data.csv_dataset import csv_dataset
+from medtransfer.data.folders import drive, segmentation_folder
 from medtransfer.data.fractions import label_fraction_indices
 from medtransfer.data.medmnist import MEDMNIST_NAMES, load_medmnist
 from medtransfer.data.synthetic import synthetic2d, synthetic3d
+from medtransfer.data.synthetic_seg import synthetic_seg2d, synthetic_seg3d
+from medtransfer.data.unlabelled import image_folder, volume_folder
 from medtransfer.errors import DataError, allowed
 
 DATASETS: dict[str, Callable[..., ImageDataset]] = {
     "synthetic2d": synthetic2d,
     "synthetic3d": synthetic3d,
+    "synthetic_seg2d": synthetic_seg2d,
+    "synthetic_seg3d": synthetic_seg3d,
     **{n: functools.partial(load_medmnist, n) for n in MEDMNIST_NAMES},
+    "drive": drive,
+    "segmentation_folder": segmentation_folder,
+    "csv": csv_dataset,
+    "chestxray14": chestxray14,
+    "chexpert": chexpert,
+    "image_folder": image_folder,
+    "volume_folder": volume_folder,
 }
 
 

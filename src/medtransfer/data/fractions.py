@@ -2,7 +2,8 @@
 
 Subsets are stratified (class proportions of the full set, at least one example per class, so every class can be
 learnt and scored) and nested (for one seed, the 1 % subset lies inside the 10 % one), so a curve over fractions
-measures the value of more labels rather than the luck of a different draw.
+measures the value of more labels rather than the luck of a different draw. Segmentation labels whole images (every
+pixel of an image is labelled or none is), so its subsets are seeded, nested random sets of images, at least one.
 """
 
 from __future__ import annotations
@@ -20,8 +21,11 @@ def label_fraction_indices(labels: np.ndarray, task: str, fraction: float, seed:
     """Sorted int64 indices into the training set of a stratified, seeded, nested subset of size ~fraction."""
     if isinstance(fraction, bool) or not isinstance(fraction, Real) or not 0 < fraction <= 1:
         raise DataError(f"label fraction={fraction!r} is out of range; allowed: 0 < fraction <= 1")
-    labels = _checked(labels, task)
     rng = np.random.default_rng(seed)
+    if task == "segmentation":
+        n = len(_checked_masks(labels))
+        return np.sort(rng.permutation(n)[: _count(fraction, n)]).astype(np.int64)
+    labels = _checked(labels, task)
     if task == "multilabel":
         return _multilabel(labels, fraction, rng)
     kept = []
@@ -34,9 +38,11 @@ def label_fraction_indices(labels: np.ndarray, task: str, fraction: float, seed:
 
 
 def describe_subset(labels: np.ndarray, task: str, idx: np.ndarray) -> dict:
-    """Size of the subset and examples (positives for multilabel) per class, for logs and result records."""
-    labels = _checked(labels, task)
+    """Size of the subset and examples (positives for multilabel; pixels/voxels for segmentation) per class."""
     idx = np.asarray(idx, dtype=np.int64)
+    if task == "segmentation":
+        return {"n": int(len(idx)), "per_class": [int(c) for c in np.bincount(_checked_masks(labels)[idx].ravel())]}
+    labels = _checked(labels, task)
     if task == "multilabel":
         per_class = labels[idx].sum(axis=0)
     else:
@@ -62,6 +68,14 @@ def _multilabel(labels: np.ndarray, fraction: float, rng: np.random.Generator) -
         if not labels[order[:prefix], label].any():
             kept.add(int(order[labels[order, label] == 1][0]))
     return np.array(sorted(kept), dtype=np.int64)
+
+
+def _checked_masks(masks: np.ndarray) -> np.ndarray:
+    masks = np.asarray(masks)
+    if masks.ndim < 3 or len(masks) == 0 or not np.issubdtype(masks.dtype, np.integer):
+        raise DataError(f"segmentation masks have shape {masks.shape} and dtype {masks.dtype}; allowed: non-empty "
+                        "integer (N, *spatial) class-index masks")
+    return masks
 
 
 def _checked(labels: np.ndarray, task: str) -> np.ndarray:

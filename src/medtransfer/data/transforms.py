@@ -1,7 +1,8 @@
 """Batched, on-device image transforms (kornia), so a GPU is fed uint8 batches and never waits on 2 CPU cores.
 
-Two users: ``Preprocess`` turns a uint8 batch into the normalised float input of fine-tuning (MedMNIST protocol:
-scale to [0, 1], normalise with mean 0.5 / std 0.5, no augmentation by default), and ``MedicalViews`` makes the
+Three users: ``Preprocess`` turns a uint8 batch into the normalised float input of fine-tuning (MedMNIST protocol:
+scale to [0, 1], normalise with mean 0.5 / std 0.5, no augmentation by default), ``SegmentationPreprocess`` does
+the same for images with masks (random patches and augmentation applied jointly), and ``MedicalViews`` makes the
 random views of self-supervised pre-training. Views are built for medical images: crops, flips, small rotations
 and intensity changes; colour jitter only when the data really has three colour channels.
 """
@@ -54,6 +55,39 @@ class Preprocess(nn.Module):
         if train and self.augment is not None:
             x = self.augment(x)
         return (x - self.mean) / self.std
+
+
+class SegmentationPreprocess(nn.Module):
+    """Segmentation batches: uint8 images, class-index masks and field-of-view masks, preprocessed jointly.
+
+    At training time a random patch (``patch_size``) is cut and the fine-tuning augmentation applied, to image,
+    mask and FOV with the *same* random parameters: they travel through kornia stacked as channels (mask one-hot),
+    which works in 3D too, where kornia has no mask support. After a rotation the label is the argmax of the
+    interpolated one-hot channels; pixels shifted in from outside the image have no label and fall outside the FOV,
+    so the loss ignores them. Evaluation sees whole images (sliding-window inference), normalised only.
+    """
+
+    def __init__(self, spatial_dims: int, num_classes: int, patch_size: tuple[int, ...] | None = None,
+                 augment: str = "none", mean: float = 0.5, std: float = 0.5):
+        super().__init__()
+        if augment not in AUGMENTS:
+            raise ValueError(f"augment: {augment!r}; allowed: {', '.join(AUGMENTS)}")
+        self.num_classes, self.mean, self.std = num_classes, mean, std
+        self.crop = None if patch_size is None else (
+            K.RandomCrop(tuple(patch_size)) if spatial_dims == 2 else K.RandomCrop3D(tuple(patch_size)))
+        self.augment = _fine_tune_augment(augment, spatial_dims)
+
+    def forward(self, x: torch.Tensor, masks: torch.Tensor, fov: torch.Tensor, train: bool = False):
+        x = to_unit_range(x)
+        if train and self.crop is not None:  # first, so the rest works on patches; a crop moves values unchanged
+            stack = self.crop(torch.cat([x, masks.unsqueeze(1).to(x.dtype), fov.unsqueeze(1).to(x.dtype)], dim=1))
+            x, masks, fov = stack[:, :-2], stack[:, -2].round().long(), stack[:, -1] > 0.5
+        if train and self.augment is not None:
+            hot = F.one_hot(masks.long(), self.num_classes).movedim(-1, 1).to(x.dtype)
+            stack = self.augment(torch.cat([x, hot, fov.unsqueeze(1).to(x.dtype)], dim=1))
+            x, hot, fov = stack.split([x.shape[1], self.num_classes, 1], dim=1)
+            masks, fov = hot.argmax(1), (fov[:, 0] > 0.5) & (hot.amax(1) > 0)
+        return (x - self.mean) / self.std, masks, fov
 
 
 class _AsSlices(nn.Module):

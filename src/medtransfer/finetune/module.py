@@ -45,7 +45,9 @@ class FineTuner(L.LightningModule):
 
     def loss(self, logits, y):
         if self.task == "multilabel":
-            return F.binary_cross_entropy_with_logits(logits, y.float())
+            y = y.float()
+            known = ~torch.isnan(y)  # NaN = an uncertain label under the "ignore" policy: no loss, no gradient
+            return F.binary_cross_entropy_with_logits(logits[known], y[known]) if known.any() else logits.sum() * 0
         return F.cross_entropy(logits, y)
 
     def probabilities(self, logits):
@@ -70,15 +72,15 @@ class FineTuner(L.LightningModule):
     def test_step(self, batch, batch_idx):
         self._collect(batch)
 
-    def _gathered(self):
-        """All predictions of the epoch across processes, de-duplicated by sample index and sorted by it."""
-        idx, probs, y = (torch.cat(parts) for parts in zip(*self._outputs))
+    def _gathered(self) -> tuple[np.ndarray, ...]:
+        """All outputs of the epoch (sample index first) across processes, de-duplicated by index and sorted by it."""
+        parts = [torch.cat(part) for part in zip(*self._outputs)]
         self._outputs.clear()
         if self.trainer.world_size > 1:
-            idx, probs, y = (t.flatten(0, 1) for t in self.all_gather((idx, probs, y)))
-        idx, probs, y = idx.cpu().numpy(), probs.cpu().numpy(), y.cpu().numpy()
-        _, first = np.unique(idx, return_index=True)
-        return idx[first], probs[first], y[first]
+            parts = [t.flatten(0, 1) for t in self.all_gather(parts)]
+        arrays = [t.cpu().numpy() for t in parts]
+        _, first = np.unique(arrays[0], return_index=True)
+        return tuple(a[first] for a in arrays)
 
     def on_validation_epoch_end(self):
         if not self._outputs:

@@ -22,7 +22,10 @@ from torch.utils.data import DataLoader, RandomSampler, TensorDataset
 from medtransfer.config import HardwareConfig, TrainConfig
 from medtransfer.data.base import ImageDataset, Split
 from medtransfer.data.transforms import Preprocess
+from medtransfer.errors import ConfigError, allowed
+from medtransfer.evaluate import LOWER_IS_BETTER, METRICS, SEGMENTATION_METRICS
 from medtransfer.finetune.module import FineTuner
+from medtransfer.finetune.segmentation import build_segmentation, segmentation_dataset
 from medtransfer.finetune.strategies import Strategy
 from medtransfer.models.backbones import Backbone
 from medtransfer.models.heads import Classifier
@@ -41,10 +44,28 @@ class FineTuneResult:
     total_params: int = 0
 
 
-def tensor_dataset(split: Split, indices: np.ndarray | None = None) -> TensorDataset:
-    """(index, uint8 image, label) triples; uint8 keeps host memory and host-to-device copies 4x smaller."""
+def tensor_dataset(split: Split, indices: np.ndarray | None = None, training: bool = False) -> TensorDataset:
+    """(index, uint8 image, label) triples; uint8 keeps host memory and host-to-device copies 4x smaller.
+
+    ``training`` uses the split's loss targets where they differ from its labels (CheXpert's uncertain labels,
+    ``training_targets``); evaluation always scores the hard labels.
+    """
     idx = np.arange(len(split)) if indices is None else np.asarray(indices)
-    return TensorDataset(torch.from_numpy(idx), torch.from_numpy(split.images[idx]), torch.from_numpy(split.labels[idx]))
+    targets = training_targets(split) if training else split.labels
+    return TensorDataset(torch.from_numpy(idx), torch.from_numpy(split.images[idx]), torch.from_numpy(targets[idx]))
+
+
+def training_targets(split: Split) -> np.ndarray:
+    """Float targets for uncertain multi-label data: smoothed values (U-Ones/U-Zeros LSR) where a split has
+    ``soft_labels``, NaN where its ``label_mask`` says "ignore" (U-Ignore), so the loss skips exactly those entries.
+    Splits without them train on their integer labels unchanged."""
+    soft, mask = getattr(split, "soft_labels", None), getattr(split, "label_mask", None)
+    if soft is None and mask is None:
+        return split.labels
+    targets = (soft if soft is not None else split.labels).astype(np.float32)
+    if mask is not None:
+        targets = np.where(mask, targets, np.float32(np.nan))
+    return targets
 
 
 def trainer_kwargs(hw: HardwareConfig, spatial_dims: int) -> dict:
@@ -57,6 +78,16 @@ def trainer_kwargs(hw: HardwareConfig, spatial_dims: int) -> dict:
                 strategy="ddp" if hw.ddp else "auto", precision=precision,
                 deterministic="warn" if hw.deterministic else False,
                 benchmark=not hw.deterministic and on_gpu)
+
+
+def resolve_monitor(train: TrainConfig, task: str) -> str:
+    """The validation metric that selects the model: ``train.monitor``, by default AUC, or Dice for segmentation."""
+    segmentation = task == "segmentation"
+    name = train.monitor or ("dice" if segmentation else "auc")
+    if name != "loss" and (name in SEGMENTATION_METRICS) != segmentation:
+        names = [*(SEGMENTATION_METRICS if segmentation else METRICS), "loss"]
+        raise ConfigError(f"train.monitor: {name!r} is not a metric of {task} tasks; allowed: {allowed(names)}")
+    return name
 
 
 def _uses_channels_last(hw: HardwareConfig, backbone: Backbone) -> bool:
@@ -75,23 +106,31 @@ def fine_tune(data: ImageDataset, train_indices: np.ndarray, backbone: Backbone,
     L.seed_everything(seed, workers=True, verbose=False)
     workdir = Path(workdir)
     strategy.prepare(backbone, view)
-    model = Classifier(backbone, data.num_classes, dropout=train.dropout)
+    monitor = resolve_monitor(train, data.task)
     channels_last = _uses_channels_last(hardware, backbone)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    module = FineTuner(model, data.task, strategy, view, train, Preprocess(data.spatial_dims, size=input_size,
-                       augment=train.augment), channels_last=channels_last)
+    segmentation = data.task == "segmentation"
+    if segmentation:  # patches in, whole images scored by sliding window: ``input_size`` is the encoder's patch
+        model, module = build_segmentation(data, backbone, strategy, view, train, monitor, channels_last)
+    else:
+        model = Classifier(backbone, data.num_classes, dropout=train.dropout)
+        if channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        module = FineTuner(model, data.task, strategy, view, train, Preprocess(data.spatial_dims, size=input_size,
+                           augment=train.augment), channels_last=channels_last)
+    make_dataset = segmentation_dataset if segmentation else tensor_dataset
 
-    train_set = tensor_dataset(data.train, train_indices)
+    train_set = make_dataset(data.train, train_indices) if segmentation else \
+        tensor_dataset(data.train, train_indices, training=True)
     per_epoch = max(len(train_set), train.min_samples_per_epoch)
     generator = torch.Generator().manual_seed(seed)
     sampler = RandomSampler(train_set, num_samples=per_epoch, generator=generator)
     train_loader = DataLoader(train_set, batch_size=train.batch_size, sampler=sampler,
                               drop_last=per_epoch > train.batch_size)  # a size-1 last batch would break BatchNorm
-    eval_loader = lambda split: DataLoader(tensor_dataset(split), batch_size=max(train.batch_size, 256))  # noqa: E731
+    eval_batch = train.batch_size if segmentation else max(train.batch_size, 256)  # whole images are big
+    eval_loader = lambda split: DataLoader(make_dataset(split), batch_size=eval_batch)  # noqa: E731
 
-    monitor = f"val/{train.monitor}"
-    mode = "min" if train.monitor == "loss" else "max"
+    mode = "min" if monitor in LOWER_IS_BETTER else "max"
+    monitor = f"val/{monitor}"
     ckpt = ModelCheckpoint(dirpath=workdir / "checkpoints", monitor=monitor, mode=mode, save_top_k=1,
                            save_weights_only=True, filename="best")
     callbacks = [ckpt, *strategy.callbacks()]

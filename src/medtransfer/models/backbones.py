@@ -222,14 +222,22 @@ class ViTBackbone(Backbone):
 
 
 class UNetEncoderBackbone(Backbone):
-    """MONAI BasicUNet's encoder (conv_0, down_1..down_4): one down stage per quarter, conv_0 joining the first."""
+    """A U-Net encoder (conv_0, down_1..down_n), one unit per quarter: MONAI BasicUNet's (n = 4) joins conv_0 to the
+    first down stage; Models Genesis' (n = 3) has four resolutions, one per quarter."""
 
     family = "unet_encoder"
     first_conv = "conv_0.conv_0.conv.weight"
 
     def __init__(self, name, model, spatial_dims, in_chans, input_size, small_stem):
-        steps = [Step("conv_0", ("conv_0",), 0)] + [Step(f"down_{i}", (f"down_{i}",), i) for i in range(1, 5)]
+        downs = sum(1 for child in model._modules if child.startswith("down_"))
+        steps = [Step("conv_0", ("conv_0",), 0)] + [Step(f"down_{i}", (f"down_{i}",), i) for i in range(1, downs + 1)]
         super().__init__(name, model, steps, spatial_dims, in_chans, input_size, small_stem)
+
+    @property
+    def views(self):
+        if len(self.steps) == 4:
+            return {"stage": [[i] for i in range(4)]}
+        return super().views
 
     def run_step(self, step, x):
         return getattr(self.model, step.name)(x)

@@ -13,14 +13,14 @@ import os
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from timm.models import adapt_input_conv
 
 from medtransfer import __version__
 from medtransfer.errors import CheckpointError
 from medtransfer.hashing import file_digest
 from medtransfer.models.backbones import Backbone
+from medtransfer.models.readers import flatten_source, read_source
 
 FORMAT = "medtransfer-backbone"
 FORMAT_VERSION = 1
@@ -68,40 +68,20 @@ def read_metadata(path: str | Path) -> dict:
 
 
 def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
-    """A flat state dict from a safetensors file, or from a pickle read with ``weights_only=True``."""
+    """A flat state dict from a safetensors file (sha256 checked against its sidecar) or any file ``readers`` can
+    read safely, with training-script wrappers (``state_dict``, DDP's ``module.`` ...) removed."""
     path = Path(path)
-    if not path.exists():
-        raise CheckpointError(f"checkpoint {path} does not exist")
+    source = read_source(path)
     if path.suffix == ".safetensors":
-        try:
-            state = load_file(str(path))
-        except (SafetensorError, OSError, ValueError) as err:
-            raise CheckpointError(f"{path}: not a readable safetensors file ({err})") from err
         meta = read_metadata(path)
         if meta.get("sha256") and meta["sha256"] != sha256_file(path):
             raise CheckpointError(f"{path}: sha256 differs from the one recorded in {path.with_suffix('.json')}")
-        return state
-    if path.suffix in (".pth", ".pt", ".ckpt", ".tar"):
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as err:  # noqa: BLE001 - torch raises many types; all mean "refused"
-            raise CheckpointError(f"{path}: refused; it is not a plain weights file loadable with "
-                                  f"weights_only=True, and medtransfer never unpickles code ({err})") from err
-        return _unwrap(obj, path)
-    raise CheckpointError(f"{path}: unknown checkpoint type {path.suffix!r}; allowed: .safetensors, .pth, .pt, .ckpt")
-
-
-def _unwrap(obj, path: Path) -> dict[str, torch.Tensor]:
-    for key in ("state_dict", "model", "model_state_dict"):
-        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
-            obj = obj[key]
-            break
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise CheckpointError(f"{path}: no state dict of tensors found")
+        return source
+    state, _ = flatten_source(source, path)
     for prefix in WRAPPER_PREFIXES:
-        if obj and all(k.startswith(prefix) for k in obj):
-            obj = {k[len(prefix):]: v for k, v in obj.items()}
-    return obj
+        if all(k.startswith(prefix) for k in state):
+            state = {k[len(prefix):]: v for k, v in state.items()}
+    return state
 
 
 def load_backbone_weights(backbone: Backbone, state: dict[str, torch.Tensor], source: str) -> dict:
@@ -121,6 +101,9 @@ def load_backbone_weights(backbone: Backbone, state: dict[str, torch.Tensor], so
         flat = weight.reshape(*weight.shape[:3], -1)  # 3D kernels as 2D for timm's adapter, then back
         try:
             adapted = adapt_input_conv(target[conv].shape[1], flat)
+            if adapted.shape[1] != target[conv].shape[1]:  # timm returns 1-channel weights for 3 channels unchanged
+                raise NotImplementedError(f"timm adapts 3 -> any and any -> 1 channels, not {weight.shape[1]} -> "
+                                          f"{target[conv].shape[1]}")
         except (NotImplementedError, AssertionError) as err:  # timm converts only 3 -> any and any -> 1
             raise CheckpointError(f"{source}: cannot adapt {conv} from {weight.shape[1]} to {target[conv].shape[1]} "
                                   f"input channels ({err or 'unsupported channel layout'})") from err

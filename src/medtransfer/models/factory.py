@@ -6,12 +6,15 @@ accepted too, so a user is not limited to the names listed here.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable
 
 import timm
+from monai.networks.blocks import Convolution
 from monai.networks.nets import ResNet as MonaiResNet
 from monai.networks.nets.basic_unet import Down, TwoConv
+from monai.networks.nets.resnet import get_medicalnet_pretrained_resnet_args
 from timm.models.resnet import BasicBlock, ResNet
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
@@ -55,14 +58,18 @@ def _vit_micro(in_chans, input_size, small_stem):
                              depth=4, num_heads=2, mlp_ratio=2.0)
 
 
-def _monai_resnet(block: str, layers: list[int], planes: list[int]):
+def _monai_resnet(block: str, layers: list[int], planes: list[int], medicalnet_depth: int | None = None):
+    # MedicalNet's weights need its shortcut type and downsample bias, which MONAI looks up by depth.
+    shortcut = {} if medicalnet_depth is None else dict(zip(
+        ("bias_downsample", "shortcut_type"), get_medicalnet_pretrained_resnet_args(medicalnet_depth)))
+
     def build(in_chans, input_size, small_stem):
         # The normal stem is the 3D ResNet/MedicalNet one (7^3, stride 2, max-pool); the small stem keeps full
         # resolution for 28^3 MedMNIST volumes, like the 2D CIFAR-style stem.
         stem = dict(conv1_t_size=3, conv1_t_stride=1, no_max_pool=True) if small_stem else \
             dict(conv1_t_size=7, conv1_t_stride=2, no_max_pool=False)
         model = MonaiResNet(block, layers, planes, spatial_dims=3, n_input_channels=in_chans, feed_forward=False,
-                            **stem)
+                            **stem, **shortcut)
         if small_stem:
             model.maxpool = nn.Identity()  # MONAI skips it by a forward flag; the backbone runs modules, not flags
         return model
@@ -86,6 +93,34 @@ def _unet_encoder(features: tuple[int, ...]):
     return build
 
 
+def _genesis_convs(in_chans: int, mid: int, out: int) -> nn.Sequential:
+    convs = nn.Sequential()
+    for i, (a, b) in enumerate(((in_chans, mid), (mid, out))):
+        convs.add_module(f"conv_{i}", Convolution(3, a, b, kernel_size=3, act="relu", norm="batch", bias=True))
+    return convs
+
+
+class GenesisUNetEncoder(nn.Module):
+    """The encoder of Models Genesis' 3D U-Net (Zhou et al. 2019): four stages of two 3x3x3 conv+BN+ReLU
+    (1->32->64, 64->64->128, 128->128->256, 256->256->512), max-pooling between them, built from MONAI blocks and
+    named like BasicUNet's encoder. Genesis' own BatchNorm always normalises with batch statistics; here BatchNorm
+    behaves as everywhere else in medtransfer (running statistics in eval mode)."""
+
+    def __init__(self, in_chans: int, width: int = 32):
+        super().__init__()
+        self.conv_0 = _genesis_convs(in_chans, width, 2 * width)
+        for i in range(1, 4):
+            channels = width * 2 ** i
+            self.add_module(f"down_{i}", nn.Sequential(OrderedDict(
+                max_pooling=nn.MaxPool3d(2), convs=_genesis_convs(channels, channels, 2 * channels))))
+
+
+def _genesis_encoder(width: int):
+    def build(in_chans, input_size, small_stem):
+        return GenesisUNetEncoder(in_chans, width)
+    return build
+
+
 BACKBONES: dict[str, BackboneSpec] = {
     "resnet_tiny": BackboneSpec(_resnet_tiny, ResNetBackbone, 2, "4-block ResNet (16-128 ch) for tests and demos"),
     "resnet18": BackboneSpec(_timm("resnet18"), ResNetBackbone, 2, "timm ResNet-18"),
@@ -104,6 +139,16 @@ BACKBONES: dict[str, BackboneSpec] = {
                                     "MONAI BasicUNet encoder (32-256 ch)"),
     "unet_tiny_3d": BackboneSpec(_unet_encoder((8, 8, 16, 32, 64)), UNetEncoderBackbone, 3,
                                  "BasicUNet encoder (8-64 ch) for tests"),
+    "medicalnet_resnet10_3d": BackboneSpec(_monai_resnet("basic", [1, 1, 1, 1], [64, 128, 256, 512], 10),
+                                           ResNetBackbone, 3, "MONAI 3D ResNet-10 with MedicalNet's shortcuts"),
+    "medicalnet_resnet18_3d": BackboneSpec(_monai_resnet("basic", [2, 2, 2, 2], [64, 128, 256, 512], 18),
+                                           ResNetBackbone, 3, "MONAI 3D ResNet-18 with MedicalNet's shortcuts"),
+    "medicalnet_resnet50_3d": BackboneSpec(_monai_resnet("bottleneck", [3, 4, 6, 3], [64, 128, 256, 512], 50),
+                                           ResNetBackbone, 3, "MONAI 3D ResNet-50 with MedicalNet's shortcuts"),
+    "genesis_unet_encoder_3d": BackboneSpec(_genesis_encoder(32), UNetEncoderBackbone, 3,
+                                            "Models Genesis 3D U-Net encoder (32-512 ch)"),
+    "genesis_tiny_3d": BackboneSpec(_genesis_encoder(4), UNetEncoderBackbone, 3,
+                                    "Models Genesis encoder layout (4-64 ch) for tests"),
 }
 
 

@@ -27,7 +27,12 @@ class Classifier(nn.Module):
     def train(self, mode: bool = True):
         super().train(mode)
         if mode:
-            for module in self.backbone.modules():
-                if isinstance(module, _BatchNorm) and module.weight is not None and not module.weight.requires_grad:
-                    module.eval()
+            hold_frozen_batchnorm(self.backbone)
         return self
+
+
+def hold_frozen_batchnorm(backbone: nn.Module) -> None:
+    """Put BatchNorm layers whose affine weights are frozen back in eval mode (the definition of frozen)."""
+    for module in backbone.modules():
+        if isinstance(module, _BatchNorm) and module.weight is not None and not module.weight.requires_grad:
+            module.eval()

@@ -1,4 +1,5 @@
-"""Self-supervised pre-training methods: a plain registry, one line per method, grouped by family."""
+"""Pre-training methods (self-supervised, plus supervised continual pre-training): a plain registry, one line per
+method, grouped by family."""
 
 from medtransfer.pretrain.barlow_twins import BarlowTwins
 from medtransfer.pretrain.base import BaseMethod
@@ -13,6 +14,7 @@ from medtransfer.pretrain.multi_ssl import MultiSSL
 from medtransfer.pretrain.rotation import Rotation
 from medtransfer.pretrain.simclr import SimCLR
 from medtransfer.pretrain.spark import SparK
+from medtransfer.pretrain.supervised import Supervised
 from medtransfer.pretrain.swav import SwAV
 
 METHODS: dict[str, type[BaseMethod]] = {
@@ -33,6 +35,8 @@ METHODS: dict[str, type[BaseMethod]] = {
     "jigsaw": Jigsaw,
     # several objectives on one backbone
     "multi_ssl": MultiSSL,
+    # labels: supervised continual pre-training (e.g. ImageNet -> multi-label chest X-rays)
+    "supervised": Supervised,
 }
 
 __all__ = ["METHODS", "BaseMethod"]

@@ -30,6 +30,7 @@ class BaseMethod(L.LightningModule):
     family = "contrastive"  # contrastive | restorative | predictive | multi: decides which depth ranges to try later
     spatial_dims: tuple[int, ...] = (2, 3)
     backbone_families: tuple[str, ...] = ("resnet", "vit", "unet_encoder")
+    needs_labels = False  # True: ``ssl_loss(images, labels)`` receives the training labels (supervised method)
 
     @classmethod
     def unsupported(cls, backbone: Backbone) -> str | None:
@@ -60,7 +61,7 @@ class BaseMethod(L.LightningModule):
 
     def training_step(self, batch, batch_idx):
         images = to_unit_range(batch[0], self.input_size)
-        loss = self.ssl_loss(images)
+        loss = self.ssl_loss(images, batch[1]) if self.needs_labels else self.ssl_loss(images)
         self.log("pretrain/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(images),
                  sync_dist=True)
         if self.probe is not None and len(batch) > 1:  # labels reach the probe only, through detached features

@@ -40,8 +40,9 @@ class SubMethod(BaseModel):
     @classmethod
     def _known(cls, name: str) -> str:
         methods = _registry()
-        if name == NAME or name not in methods:
-            raise ValueError(f"unknown sub-method {name!r}; allowed: {allowed(n for n in methods if n != NAME)}")
+        usable = [n for n, m in methods.items() if n != NAME and not m.needs_labels]  # sub-methods see images only
+        if name not in usable:
+            raise ValueError(f"unknown sub-method {name!r}; allowed: {allowed(usable)}")
         return name
 
     @model_validator(mode="after")

@@ -19,18 +19,27 @@ from pydantic import ValidationError
 from torch.utils.data import DataLoader, TensorDataset
 
 from medtransfer.bench.store import config_hash
-from medtransfer.config import PretrainConfig
+from medtransfer.config import PretrainConfig, WeightsSource
 from medtransfer.data import load_dataset
+from medtransfer.data.base import CLASSIFICATION_TASKS
 from medtransfer.data.transforms import MedicalViews
 from medtransfer.errors import ConfigError, allowed
 from medtransfer.finetune.train import trainer_kwargs
-from medtransfer.models.checkpoint import (load_backbone_weights, read_metadata, read_weights, save_backbone,
-                                           sha256_file)
+from medtransfer.models.checkpoint import read_metadata, save_backbone, sha256_file
 from medtransfer.models.factory import create_backbone
+from medtransfer.models.zoo import load_init, resolve_weights
 from medtransfer.pretrain import METHODS
 from medtransfer.pretrain.probe import OnlineProbe
 
 CHECKPOINT_NAME = "backbone.safetensors"
+
+
+def resolve_init(cfg: PretrainConfig) -> tuple[Path, str] | None:
+    """(file, lineage label) of the weights a continual pre-training starts from: a file, zoo or timm name."""
+    if cfg.init is None:
+        return None
+    source = cfg.init if isinstance(cfg.init, WeightsSource) else WeightsSource(checkpoint=cfg.init)
+    return resolve_weights(source.zoo, source.timm, source.checkpoint, key="init")
 
 
 def resolved_pretrain_config(cfg: PretrainConfig) -> dict:
@@ -38,7 +47,7 @@ def resolved_pretrain_config(cfg: PretrainConfig) -> dict:
     probe only watches, so it does not change the identity of a pre-training."""
     resolved = cfg.model_dump(mode="json", exclude={"output", "hardware", "online_probe"})
     if cfg.init is not None:
-        resolved["init_sha256"] = sha256_file(cfg.init) if cfg.init.exists() else None
+        resolved["init_sha256"] = sha256_file(resolve_init(cfg)[0])
     return resolved
 
 
@@ -60,6 +69,17 @@ def check_options(cfg: PretrainConfig):
     if unknown:
         raise ConfigError(f"views: unknown option(s) {sorted(unknown)}; allowed: {allowed(accepted)}")
     return options
+
+
+def check_data(cfg: PretrainConfig, data) -> None:
+    """Label-dependent parts (a supervised method, the online probe) need per-image class labels and, for the probe,
+    a validation split; refused here so an experiment fails before its first pre-training, not in the middle."""
+    if METHODS[cfg.method].needs_labels and data.task not in CLASSIFICATION_TASKS:
+        raise ConfigError(f"method: {cfg.method!r} trains on labels, but {cfg.data.name} has task {data.task!r}; "
+                          f"allowed: a dataset with task {', '.join(CLASSIFICATION_TASKS)}")
+    if cfg.online_probe and (data.task not in CLASSIFICATION_TASKS or len(data.val) == 0):
+        raise ConfigError(f"online_probe: true needs class labels and a validation split, but {cfg.data.name} has "
+                          f"task {data.task!r} with {len(data.val)} validation images; allowed: online_probe: false")
 
 
 def _resume_point(output: Path, key: str, resume: bool | str) -> Path | None:
@@ -113,23 +133,31 @@ def pretrain(cfg: PretrainConfig, output: Path | None = None, verbose: bool = Fa
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     backbone = create_backbone(cfg.backbone.name, data.in_chans, input_size, cfg.backbone.small_stem,
                                spatial_dims=data.spatial_dims)
-    chain = []
+    chain, lineage = [], []
     if cfg.init is not None:
-        report = load_backbone_weights(backbone, read_weights(cfg.init), str(cfg.init))
-        parent = read_metadata(cfg.init)
-        chain = parent.get("init_chain", []) + [{"checkpoint": str(cfg.init), "method": parent.get("method"),
-                                                 "dataset": parent.get("dataset"), "adapted": report["adapted"]}]
+        path, label = resolve_init(cfg)
+        report = load_init(backbone, path)
+        parent = read_metadata(path)
+        chain = parent.get("init_chain", []) + [{"checkpoint": str(path), "source": label,
+                                                 "method": parent.get("method"), "dataset": parent.get("dataset"),
+                                                 "adapted": report["adapted"]}]
+        lineage = parent.get("lineage") or [label]  # e.g. ["imagenet_supervised (zoo)"]
     problem = METHODS[cfg.method].unsupported(backbone)
     if problem:
         raise ConfigError(f"method: {cfg.method!r} {problem}; allowed methods for this backbone: "
                           f"{allowed(n for n, m in METHODS.items() if m.unsupported(backbone) is None)}")
+    method_cls = METHODS[cfg.method]
+    check_data(cfg, data)
     probe = OnlineProbe(backbone.num_features, data.task, data.num_classes) if cfg.online_probe else None
-    method = METHODS[cfg.method](backbone, options, views=cfg.views, lr=cfg.lr, weight_decay=cfg.weight_decay,
-                                 epochs=cfg.epochs, warmup_epochs=cfg.warmup_epochs, input_size=input_size,
-                                 probe=probe)
+    labels_info = {"task": data.task, "num_classes": data.num_classes} if method_cls.needs_labels else {}
+    method = method_cls(backbone, options, views=cfg.views, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                        epochs=cfg.epochs, warmup_epochs=cfg.warmup_epochs, input_size=input_size, probe=probe,
+                        **labels_info)
 
-    # Labels travel only with the online probe, which sees detached features; the method never receives them.
-    train_tensors = (torch.from_numpy(data.train.images),) + ((torch.from_numpy(data.train.labels),) if probe else ())
+    # Labels travel only to the online probe (detached features) and to methods that train on them (supervised).
+    with_labels = probe is not None or method_cls.needs_labels
+    train_tensors = (torch.from_numpy(data.train.images),) + ((torch.from_numpy(data.train.labels),) if with_labels
+                                                              else ())
     batch_size = min(cfg.batch_size, len(data.train))
     loader = DataLoader(TensorDataset(*train_tensors), batch_size=batch_size, shuffle=True, drop_last=True,
                         generator=torch.Generator().manual_seed(cfg.seed))
@@ -153,6 +181,7 @@ def pretrain(cfg: PretrainConfig, output: Path | None = None, verbose: bool = Fa
     if trainer.is_global_zero:
         save_backbone(backbone, checkpoint, method=cfg.method, family=method.family, dataset=cfg.data.name,
                       epochs=cfg.epochs, config=resolved_pretrain_config(cfg), config_hash=key, init_chain=chain,
+                      lineage=lineage + [cfg.data.name, cfg.method],
                       final_loss=float(trainer.callback_metrics.get("pretrain/loss", float("nan"))))
         shutil.rmtree(output / "lightning", ignore_errors=True)  # finished: the resume state is no longer needed
     trainer.strategy.barrier("pretrain checkpoint written")  # under DDP, other ranks read it next

@@ -1,0 +1,81 @@
+"""Which runs a report should have and which it lacks, so a mean over fewer seeds is never taken silently.
+
+The expected grid is the product of every dataset, init, strategy, label fraction and seed that appears in the
+store with any status — exactly what ``bench.grid.expand`` runs for one experiment. A run is *missing* when it
+never finished (failed, interrupted, still running, never started) or when it finished with the metric undefined
+(e.g. AUC on a test split holding one class).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+
+import pandas as pd
+
+from medtransfer.errors import ConfigError
+
+RUN_KEYS = ("dataset", "init", "strategy", "fraction", "seed")
+
+
+def metric_names(rows: pd.DataFrame) -> list[str]:
+    """The metrics stored for these runs (``metric.<name>`` columns), in a stable order."""
+    return sorted(c.removeprefix("metric.") for c in rows.columns if c.startswith("metric."))
+
+
+def finished_runs(rows: pd.DataFrame) -> pd.DataFrame:
+    """The runs with status "done" (a frame without a status column is taken as finished runs only)."""
+    return rows[rows["status"] == "done"] if "status" in rows else rows
+
+
+def _flatten(config, prefix: str = "") -> dict:
+    if not isinstance(config, dict):
+        return {prefix: json.dumps(config, sort_keys=True)}
+    return {k: v for key, value in config.items() for k, v in _flatten(value, f"{prefix}{key}.").items()}
+
+
+def check_one_experiment(rows: pd.DataFrame) -> None:
+    """Refuse a store where two runs share (dataset, init, strategy, fraction, seed) but not their config.
+
+    That happens when an experiment file is edited (say, more epochs) and run again into the same folder: both
+    versions are kept, and averaging them would mix two experiments. The error names the keys that differ.
+    """
+    if "config" not in rows:  # a hand-made frame: nothing to tell experiments apart by
+        return
+    duplicated = rows[rows.duplicated(list(RUN_KEYS), keep=False)]
+    for _, group in duplicated.groupby(list(RUN_KEYS), sort=True):
+        flat = [_flatten(c) for c in group["config"]]
+        differing = sorted({k for f in flat for k in f if len({g.get(k) for g in flat}) > 1})
+        labels = dict(zip(RUN_KEYS, group.iloc[0][list(RUN_KEYS)]))
+        raise ConfigError(f"{len(group)} runs share {labels} but differ in config keys "
+                          f"{', '.join(differing) or '(none)'}: this store mixes experiments; report each "
+                          f"separately (filter the rows in Python, or run the edited experiment into a new folder)")
+
+
+def expected_grid(rows: pd.DataFrame) -> pd.DataFrame:
+    """Every (dataset, init, strategy, fraction, seed) of the product of the levels present in ``rows``."""
+    levels = [sorted(rows[key].unique()) for key in RUN_KEYS]
+    return pd.DataFrame(list(itertools.product(*levels)), columns=list(RUN_KEYS))
+
+
+def _first_line(text) -> str:
+    return text.strip().splitlines()[0] if isinstance(text, str) and text.strip() else ""
+
+
+def missing_runs(rows: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """One row per expected run without a defined ``metric``: its keys, ``status`` and the error's first line.
+
+    ``status`` is the store's (failed, interrupted, running), "not started" for a run absent from the store, or
+    "metric undefined" for a finished run whose value is NaN.
+    """
+    grid = expected_grid(rows)
+    if "status" not in rows:  # a hand-made frame of finished runs
+        rows = rows.assign(status="done")
+    present = rows.reindex(columns=[*RUN_KEYS, "status", "error", f"metric.{metric}"])
+    merged = grid.merge(present, on=list(RUN_KEYS), how="left")
+    value = merged[f"metric.{metric}"]
+    lacking = merged[(merged["status"] != "done") | value.isna()].copy()
+    lacking["status"] = lacking["status"].fillna("not started")
+    lacking.loc[lacking["status"] == "done", "status"] = "metric undefined"
+    lacking["error"] = lacking["error"].map(_first_line)
+    return lacking[[*RUN_KEYS, "status", "error"]].reset_index(drop=True)
