@@ -315,9 +315,10 @@ def bad_pretrain_options(tmp_path):
 
 
 def bad_pretrain_channels(tmp_path):
-    # grey pre-training data, RGB fine-tuning data: timm cannot adapt 1 -> 3 channels; known before pre-training
-    changes = {"datasets": [{**DATA, "channels": 3}], "inits": ["random", {"label": "ssl", "pretrain": TINY_PRETRAIN}]}
-    return changes, CheckpointError, r"inits \(ssl\): pre-training on synthetic2d: cannot adapt conv1\.weight from 1"
+    # 2-channel pre-training data, RGB fine-tuning data: no adaptation exists; known before pre-training
+    pretrain = {**TINY_PRETRAIN, "data": {**TINY_PRETRAIN["data"], "channels": 2}}
+    changes = {"datasets": [{**DATA, "channels": 3}], "inits": ["random", {"label": "ssl", "pretrain": pretrain}]}
+    return changes, CheckpointError, r"inits \(ssl\): pre-training on synthetic2d: cannot adapt conv1\.weight from 2"
 
 
 def bad_view(tmp_path):

@@ -120,11 +120,23 @@ def test_rgb_checkpoint_into_grayscale_sums_input_channels(name, size, kw):
     assert all(torch.equal(target.model.state_dict()[k], v) for k, v in others.items())
 
 
-@pytest.mark.parametrize("to_chans", [5, 3])  # 1 -> 3: timm returns the weight unchanged instead of raising
-def test_unconvertible_channel_count_is_a_checkpoint_error(to_chans):
-    state = create_backbone("resnet_tiny", 1, 32).model.state_dict()
+@pytest.mark.parametrize("from_chans, to_chans", [(2, 3), (4, 5)])  # timm adapts only 3 -> any and any -> 1
+def test_unconvertible_channel_count_is_a_checkpoint_error(from_chans, to_chans):
+    state = create_backbone("resnet_tiny", from_chans, 32).model.state_dict()
     target = create_backbone("resnet_tiny", to_chans, 32)
     before = target.model.conv1.weight.clone()
-    with pytest.raises(CheckpointError, match=rf"cannot adapt conv1\.weight from 1 to {to_chans} input channels"):
+    with pytest.raises(CheckpointError,
+                       match=rf"cannot adapt conv1\.weight from {from_chans} to {to_chans} input channels"):
         load_backbone_weights(target, state, "src")
     assert torch.equal(target.model.conv1.weight, before)
+
+
+@pytest.mark.parametrize("name, size", [("resnet_tiny", 32), ("resnet_tiny_3d", 16)])
+def test_grey_weights_adapt_to_rgb_so_a_grey_image_in_rgb_gives_the_grey_features(name, size):
+    grey = create_backbone(name, 1, size).eval()
+    rgb = create_backbone(name, 3, size).eval()
+    report = load_backbone_weights(rgb, grey.model.state_dict(), "grey")
+    assert report["adapted"] == [f"{grey.first_conv}: 1 -> 3 input channels"]
+    image = torch.rand(2, 1, *grey.input_size)
+    with torch.no_grad():
+        assert torch.allclose(rgb(image.expand(-1, 3, *image.shape[2:])), grey(image), atol=1e-5)

@@ -88,7 +88,8 @@ def load_backbone_weights(backbone: Backbone, state: dict[str, torch.Tensor], so
     """Load ``state`` into ``backbone`` exactly: only head keys may be left over; anything else is an error.
 
     The first convolution is adapted to the data's channel count the timm way (summed for grayscale, repeated and
-    rescaled otherwise) instead of failing or silently repeating the image. Returns what was adapted/ignored.
+    rescaled otherwise; grey weights are repeated and divided by the channel count) instead of failing or silently
+    repeating the image. Returns what was adapted/ignored.
     """
     target = backbone.model.state_dict()
     state = dict(state)
@@ -99,14 +100,17 @@ def load_backbone_weights(backbone: Backbone, state: dict[str, torch.Tensor], so
     if conv in state and conv in target and state[conv].shape[1] != target[conv].shape[1]:
         weight = state[conv]
         flat = weight.reshape(*weight.shape[:3], -1)  # 3D kernels as 2D for timm's adapter, then back
-        try:
-            adapted = adapt_input_conv(target[conv].shape[1], flat)
-            if adapted.shape[1] != target[conv].shape[1]:  # timm returns 1-channel weights for 3 channels unchanged
-                raise NotImplementedError(f"timm adapts 3 -> any and any -> 1 channels, not {weight.shape[1]} -> "
-                                          f"{target[conv].shape[1]}")
-        except (NotImplementedError, AssertionError) as err:  # timm converts only 3 -> any and any -> 1
-            raise CheckpointError(f"{source}: cannot adapt {conv} from {weight.shape[1]} to {target[conv].shape[1]} "
-                                  f"input channels ({err or 'unsupported channel layout'})") from err
+        if weight.shape[1] == 1:  # grey -> N channels: an image with N equal channels gives the grey response
+            adapted = flat.repeat(1, target[conv].shape[1], 1, 1) / target[conv].shape[1]
+        else:
+            try:
+                adapted = adapt_input_conv(target[conv].shape[1], flat)
+                if adapted.shape[1] != target[conv].shape[1]:  # timm hands N -> 3 back unchanged instead of raising
+                    raise NotImplementedError("timm adapts 3 -> any and any -> 1 channels")
+            except (NotImplementedError, AssertionError) as err:  # timm converts only 3 -> any and any -> 1
+                raise CheckpointError(f"{source}: cannot adapt {conv} from {weight.shape[1]} to "
+                                      f"{target[conv].shape[1]} input channels "
+                                      f"({err or 'unsupported channel layout'})") from err
         state[conv] = adapted.reshape(weight.shape[0], adapted.shape[1], *weight.shape[2:])
         report["adapted"].append(f"{conv}: {weight.shape[1]} -> {target[conv].shape[1]} input channels")
     missing = sorted(set(target) - set(state))
