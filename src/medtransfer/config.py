@@ -138,19 +138,23 @@ class HardwareConfig(Strict):
     deterministic: bool = True
 
 
-class WeightsSource(Strict):
+class _WeightFields(Strict):
     """Pre-trained weights by name: a zoo model (cached by `medtransfer zoo fetch/import`), a timm model whose
     weights are in the local cache, or a file (medtransfer checkpoint, or a foreign one whose layout is detected)."""
 
+    checkpoint: Optional[FilePath] = None
     zoo: Optional[str] = None
     timm: Optional[str] = None
-    checkpoint: Optional[FilePath] = None
 
     @field_validator("zoo")
     @classmethod
     def _known_zoo(cls, name: Optional[str]) -> Optional[str]:
         from medtransfer.models.zoo import ZOO
         return name if name is None else _registered(name, ZOO, "zoo model")
+
+
+class WeightsSource(_WeightFields):
+    """Exactly one source of pre-trained weights (a pre-training's ``init``)."""
 
     @model_validator(mode="after")
     def _exactly_one(self):
@@ -207,21 +211,12 @@ PretrainSource = Annotated[Union[Annotated[FilePath, Tag("file")], Annotated[Pre
                            Discriminator(_pretrain_source)]
 
 
-class InitConfig(Strict):
+class InitConfig(_WeightFields):
     """Where fine-tuning starts: random (no source), a checkpoint file, a zoo model, a timm model's cached weights,
     or a medtransfer pre-training."""
 
     label: Optional[str] = None
-    checkpoint: Optional[FilePath] = None
-    zoo: Optional[str] = None
-    timm: Optional[str] = None
     pretrain: Optional[PretrainSource] = None
-
-    @field_validator("zoo")
-    @classmethod
-    def _known_zoo(cls, name: Optional[str]) -> Optional[str]:
-        from medtransfer.models.zoo import ZOO
-        return name if name is None else _registered(name, ZOO, "zoo model")
 
     @model_validator(mode="before")
     @classmethod
