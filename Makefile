@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install --quiet --upgrade pip uv
-	$(VENV)/bin/uv pip install --python $(VENV)/bin/python --quiet -e ".[test]" -c constraints.txt
+	$(VENV)/bin/uv pip install --python $(VENV)/bin/python --quiet --compile-bytecode -e ".[test]" -c constraints.txt
 	touch $(STAMP)
 
 demo: $(STAMP)
