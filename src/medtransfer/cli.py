@@ -122,11 +122,21 @@ def _method_names() -> list[str]:
             for name, method in METHODS.items()]
 
 
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose ``epilog`` may be a function, called only when the help is shown: listing the methods
+    imports every method (torch, Lightning, lightly), which ``medtransfer --help`` or ``results`` must not pay for."""
+
+    def format_help(self) -> str:
+        if callable(self.epilog):
+            self.epilog = self.epilog()
+        return super().format_help()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="medtransfer", description="Which pre-training, and which way of "
                                      "fine-tuning it, serves a medical-imaging task with few labels?")
     parser.add_argument("--version", action="version", version=f"medtransfer {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     run = sub.add_parser("run", help="run an experiment grid (skips finished runs)",
                          description="Expand EXPERIMENT into inits x datasets x strategies x label fractions x seeds "
@@ -142,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     pre = sub.add_parser("pretrain", help="self-supervised pre-training of a backbone",
                          description="Pre-train a backbone on a dataset's images (labels unused) with one of the "
                          "methods listed by 'medtransfer list'; writes backbone.safetensors + backbone.json.",
-                         epilog="methods: " + ", ".join(_method_names()))
+                         epilog=lambda: "methods: " + ", ".join(_method_names()))
     pre.add_argument("config", type=Path, help="pre-training YAML file")
     pre.add_argument("--output", type=Path, help="output folder (default: 'output' in the file)")
     pre.add_argument("--init", type=Path, help="start from these weights (continual pre-training): a new run")

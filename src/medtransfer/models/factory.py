@@ -11,10 +11,6 @@ from dataclasses import dataclass
 from typing import Callable
 
 import timm
-from monai.networks.blocks import Convolution
-from monai.networks.nets import ResNet as MonaiResNet
-from monai.networks.nets.basic_unet import Down, TwoConv
-from monai.networks.nets.resnet import get_medicalnet_pretrained_resnet_args
 from timm.models.resnet import BasicBlock, ResNet
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
@@ -58,12 +54,16 @@ def _vit_micro(in_chans, input_size, small_stem):
                              depth=4, num_heads=2, mlp_ratio=2.0)
 
 
+# MONAI is imported inside the 3D builders: it costs seconds, and 2D work (and ``describe`` of a 2D backbone) never
+# needs it.
 def _monai_resnet(block: str, layers: list[int], planes: list[int], medicalnet_depth: int | None = None):
-    # MedicalNet's weights need its shortcut type and downsample bias, which MONAI looks up by depth.
-    shortcut = {} if medicalnet_depth is None else dict(zip(
-        ("bias_downsample", "shortcut_type"), get_medicalnet_pretrained_resnet_args(medicalnet_depth)))
-
     def build(in_chans, input_size, small_stem):
+        from monai.networks.nets import ResNet as MonaiResNet
+        from monai.networks.nets.resnet import get_medicalnet_pretrained_resnet_args
+
+        # MedicalNet's weights need its shortcut type and downsample bias, which MONAI looks up by depth.
+        shortcut = {} if medicalnet_depth is None else dict(zip(
+            ("bias_downsample", "shortcut_type"), get_medicalnet_pretrained_resnet_args(medicalnet_depth)))
         # The normal stem is the 3D ResNet/MedicalNet one (7^3, stride 2, max-pool); the small stem keeps full
         # resolution for 28^3 MedMNIST volumes, like the 2D CIFAR-style stem.
         stem = dict(conv1_t_size=3, conv1_t_stride=1, no_max_pool=True) if small_stem else \
@@ -80,6 +80,8 @@ class UNetEncoder(nn.Module):
     """The contracting half of MONAI's BasicUNet, with BasicUNet's module names so its weights load unchanged."""
 
     def __init__(self, spatial_dims: int, in_chans: int, features: tuple[int, ...]):
+        from monai.networks.nets.basic_unet import Down, TwoConv
+
         super().__init__()
         act, norm = ("LeakyReLU", {"negative_slope": 0.1, "inplace": True}), ("instance", {"affine": True})
         self.conv_0 = TwoConv(spatial_dims, in_chans, features[0], act, norm, True)
@@ -94,6 +96,8 @@ def _unet_encoder(features: tuple[int, ...]):
 
 
 def _genesis_convs(in_chans: int, mid: int, out: int) -> nn.Sequential:
+    from monai.networks.blocks import Convolution
+
     convs = nn.Sequential()
     for i, (a, b) in enumerate(((in_chans, mid), (mid, out))):
         convs.add_module(f"conv_{i}", Convolution(3, a, b, kernel_size=3, act="relu", norm="batch", bias=True))
