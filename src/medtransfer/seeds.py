@@ -1,8 +1,8 @@
 """One range for every seed a user can give: 0 .. 2**32 - 1.
 
 That is what numpy's legacy RandomState and Lightning's ``seed_everything`` accept; numpy's Generator refuses
-negative seeds. Outside it a run used to fail deep inside numpy with a traceback (or, for a dataset's split seed,
-only when the dataset was loaded), so seeds are checked where they are given.
+negative seeds. Outside it a run used to fail deep inside numpy with a traceback, so seeds are checked where they
+are given: config keys when the file is validated, a dataset's ``seed`` option before its loader runs.
 """
 
 from __future__ import annotations
