@@ -15,6 +15,8 @@ from pydantic import (AfterValidator, BaseModel, ConfigDict, Discriminator, Fiel
 from typing_extensions import Annotated
 
 from medtransfer.errors import ConfigError, allowed
+from medtransfer.seeds import Seed
+from medtransfer.yaml_loader import safe_load_unique
 
 
 def _relative_to_file(value: Optional[Path], info: ValidationInfo) -> Optional[Path]:
@@ -108,7 +110,7 @@ class TrainConfig(Strict):
     weight_decay: float = Field(0.0, ge=0)
     momentum: float = Field(0.9, ge=0, lt=1)
     schedule: Literal["multistep", "cosine", "none"] = "multistep"
-    milestones: list[float] = [0.5, 0.75]
+    milestones: list[float] = Field([0.5, 0.75], description="fractions of the epochs, each in (0, 1)")
     gamma: float = Field(0.1, gt=0)
     monitor: Optional[str] = Field(None, description="default: auc (classification), dice (segmentation)")
     early_stopping_patience: Optional[int] = Field(None, ge=1)
@@ -126,6 +128,14 @@ class TrainConfig(Strict):
         if name is not None and name not in names:
             raise ValueError(f"unknown metric {name!r}; allowed: {allowed(names)}")
         return name
+
+    @field_validator("milestones")
+    @classmethod
+    def _fractions_of_training(cls, milestones: list[float]) -> list[float]:
+        bad = [m for m in milestones if not 0 < m < 1]
+        if bad:  # e.g. 50 meant as epoch 50: epoch 50 * epochs never comes, the lr never drops
+            raise ValueError(f"{bad} outside (0, 1); allowed: fractions of train.epochs, e.g. [0.5, 0.75]")
+        return milestones
 
 
 class HardwareConfig(Strict):
@@ -189,7 +199,7 @@ class PretrainConfig(Strict):
     method_options: dict[str, Any] = {}
     views: dict[str, Any] = {}
     online_probe: bool = Field(False, description="linear probe on detached features, validated every epoch")
-    seed: int = 0
+    seed: Seed = 0
     hardware: HardwareConfig = HardwareConfig()
     output: Optional[FilePath] = None
 
@@ -258,7 +268,7 @@ class ExperimentConfig(Strict):
     inits: list[InitConfig] = Field(default_factory=lambda: [InitConfig(label="random")], min_length=1)
     strategies: list[Any] = Field(default_factory=lambda: ["end_to_end"], min_length=1, validate_default=True)
     label_fractions: list[float] = Field(default_factory=lambda: [1.0], min_length=1)
-    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    seeds: list[Seed] = Field(default_factory=lambda: [0], min_length=1)
     train: TrainConfig = TrainConfig()
     hardware: HardwareConfig = HardwareConfig()
 
@@ -271,6 +281,14 @@ class ExperimentConfig(Strict):
         if len(set(labels)) != len(labels):
             raise ValueError(f"duplicate strategies: {labels}")
         return parsed
+
+    @model_validator(mode="after")
+    def _strategies_fit_schedule(self):
+        problems = [f"strategies[{i}] ({s.label()}): {problem}" for i, s in enumerate(self.strategies)
+                    if (problem := s.schedule_problem(self.train.epochs))]
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
 
     @field_validator("label_fractions")
     @classmethod
@@ -335,7 +353,9 @@ def format_validation_error(err: ValidationError, model: type[BaseModel], source
     for e in err.errors():
         loc = _user_loc(tuple(e["loc"]))
         key = ".".join(str(p) for p in loc) or "(top level)"
-        if e["type"] == "extra_forbidden":
+        if not loc and e["type"] == "value_error":  # a check across keys: its message names them; the input is all
+            lines.append(e["msg"].removeprefix("Value error, "))
+        elif e["type"] == "extra_forbidden":
             lines.append(f"{key}: unknown key; allowed here: {allowed(_allowed_keys(model, loc))}")
         elif e["type"] == "missing":
             lines.append(f"{key}: required key is missing")
@@ -351,7 +371,7 @@ def load_config(path: str | Path, model: type[BaseModel]):
     if not path.is_file():
         raise ConfigError(f"{path}: no such file")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = safe_load_unique(path.read_text())
     except yaml.YAMLError as err:  # PyYAML's text spans several lines and calls the file "<unicode string>"
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""

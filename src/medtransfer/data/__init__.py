@@ -19,6 +19,7 @@ from medtransfer.data.synthetic import synthetic2d, synthetic3d
 from medtransfer.data.synthetic_seg import synthetic_seg2d, synthetic_seg3d
 from medtransfer.data.unlabelled import image_folder, volume_folder
 from medtransfer.errors import DataError, allowed
+from medtransfer.seeds import check_seed
 
 DATASETS: dict[str, Callable[..., ImageDataset]] = {
     "synthetic2d": synthetic2d,
@@ -45,6 +46,8 @@ def load_dataset(name: str, /, **options) -> ImageDataset:
     for key in options:
         if key not in accepted:
             raise DataError(f"dataset {name}: option {key!r} is unknown; allowed: {allowed(accepted)}")
+    if "seed" in options:  # every loader's split/sampling seed; numpy would fail with a traceback mid-load
+        check_seed(options["seed"], f"dataset {name}")
     return loader(**options).validate()
 
 

@@ -102,7 +102,7 @@ def chexpert(root: str, labels: str | Sequence[str] = "competition", uncertain: 
     return table_dataset(
         table, root_path, "chexpert", path_column="path", label_columns=list(names), task="multilabel",
         patient_column="patient", split_column="split", uncertain=uncertain, val_fraction=val_fraction, seed=seed,
-        size=size, aspect=aspect, channels=1, on_error=on_error,
+        size=size, aspect=aspect, channels=1, on_error=on_error, blank_labels="negative",
         description=f"CheXpert {root_path} ({len(names)} labels, {views} views, uncertain={uncertain}; "
                     "test = official validation set)",
     )

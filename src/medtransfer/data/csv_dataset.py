@@ -3,8 +3,10 @@ id and a split.
 
 Labels come in three layouts: one column of class names or indices (binary / multiclass / ordinal), several 0/1
 columns (multilabel), or one column of separated names such as ChestX-ray14's ``Effusion|Mass`` (multilabel with
-``label_separator``). Multilabel columns may hold CheXpert's uncertain value -1 and blanks; blanks mean "not
-mentioned" and count as 0, and -1 follows an ``uncertain`` policy (Irvin et al. 2019; Pham et al. 2021):
+``label_separator``). Multilabel columns may hold CheXpert's uncertain value -1, which follows an ``uncertain``
+policy (Irvin et al. 2019; Pham et al. 2021). A blank cell is refused unless ``blank_labels="negative"`` says it
+means "not mentioned" = 0, CheXpert's convention (its preset sets it): elsewhere a blank is more often a lost
+value than a negative finding, and reading it as 0 would train on it silently.
 
 - ``ones`` / ``zeros`` (U-Ones / U-Zeros): -1 becomes 1 / 0.
 - ``ignore`` (U-Ignore): -1 becomes 0 in ``labels`` and False in ``label_mask``, so a loss can skip those entries.
@@ -33,6 +35,7 @@ from medtransfer.data.splits import check_part, check_split_leak, group_split, n
 from medtransfer.errors import DataError, allowed
 
 UNCERTAIN_POLICIES = ("ones", "zeros", "ignore", "smoothed_ones", "smoothed_zeros")
+BLANK_LABELS = ("error", "negative")
 SMOOTHING_RANGES = {"smoothed_ones": (0.55, 0.85), "smoothed_zeros": (0.0, 0.3)}  # Pham et al. 2021
 
 
@@ -95,6 +98,28 @@ def _column(table: pd.DataFrame, column: str, key: str, where: str) -> pd.Series
     return table[column]
 
 
+def _multilabel_values(table: pd.DataFrame, columns: list[str], blank_labels: str, name: str,
+                       source: str) -> np.ndarray:
+    """(N, L) floats in {1, 0, -1}, NaN where a cell is blank and ``blank_labels`` allows it."""
+    if blank_labels not in BLANK_LABELS:
+        raise DataError(f"{name}: blank_labels={blank_labels!r}; allowed: {allowed(BLANK_LABELS)}")
+    cells = [_column(table, c, "label_columns", name) for c in columns]
+    blank = np.stack([c.isna().to_numpy() for c in cells], axis=1)
+    raw = np.stack([pd.to_numeric(c, errors="coerce").to_numpy(float) for c in cells], axis=1)
+    bad = ~np.isin(raw, (0, 1, -1)) & ~blank  # text coerced to NaN is bad too, not blank
+    if bad.any():
+        row, col = np.argwhere(bad)[0]
+        raise DataError(f"{name}: column {columns[col]!r} in CSV line {row + 2} holds "
+                        f"{table[columns[col]].iloc[row]}; allowed: 1, 0, -1 (uncertain) or blank")
+    if blank_labels == "error" and blank.any():
+        col = int(np.flatnonzero(blank.any(axis=0))[0])
+        lines = np.flatnonzero(blank[:, col]) + 2  # +1 for 1-based, +1 for the header line
+        shown = ", ".join(map(str, lines[:10])) + (f" ... ({len(lines)} lines)" if len(lines) > 10 else "")
+        raise DataError(f"{name}: {source}: column {columns[col]!r} is blank in CSV line(s) {shown}; allowed: 1, "
+                        "0, -1 (uncertain), or blank_labels='negative' to read blanks as 'not mentioned' (0)")
+    return raw
+
+
 def _single_labels(values: pd.Series, class_names, task, where):
     """One label column: class names (mapped through ``class_names``) or integer indices."""
     if values.isna().any():
@@ -135,7 +160,7 @@ def table_dataset(
     uncertain: str | Mapping[str, str] = "zeros", val_fraction: float | int = 0.1, test_fraction: float | int = 0.2,
     seed: int = 0, size: int | Sequence[int] | None = 224, aspect: str = "pad", channels: int | None = None,
     window=None, orientation: str | None = "RAS", spacing: Sequence[float] | None = None, on_error: str = "raise",
-    description: str = "",
+    description: str = "", blank_labels: str = "error",
 ) -> ImageDataset:
     """Build a dataset from an already-read table (the CSV loader and the chest X-ray presets share this)."""
     if task is not None and task not in CLASSIFICATION_TASKS:
@@ -156,13 +181,7 @@ def table_dataset(
                                      class_names, name)
         task = "multilabel"
     elif len(columns) > 1 or task == "multilabel":
-        raw = np.stack([pd.to_numeric(_column(table, c, "label_columns", name), errors="coerce").to_numpy(float)
-                        for c in columns], axis=1)
-        bad = ~np.isin(raw, (0, 1, -1)) & ~np.isnan(raw)
-        if bad.any():
-            row, col = np.argwhere(bad)[0]
-            raise DataError(f"{name}: column {columns[col]!r} in CSV line {row + 2} holds "
-                            f"{table[columns[col]].iloc[row]}; allowed: 1, 0, -1 (uncertain) or blank")
+        raw = _multilabel_values(table, columns, blank_labels, name, description or "table")
         names = tuple(class_names) if class_names else tuple(columns)
         labels, soft, mask = uncertain_targets(raw, _policies(uncertain, names, name), np.random.default_rng(seed))
         task = "multilabel"
@@ -221,12 +240,13 @@ def csv_dataset(
     uncertain: str | Mapping[str, str] = "zeros", val_fraction: float | int = 0.1, test_fraction: float | int = 0.2,
     seed: int = 0, size: int | Sequence[int] | None = 224, aspect: str = "pad", channels: int | None = None,
     window: str | Sequence[float] | None = None, orientation: str | None = "RAS",
-    spacing: Sequence[float] | None = None, on_error: str = "raise", name: str = "csv",
+    spacing: Sequence[float] | None = None, on_error: str = "raise", name: str = "csv", blank_labels: str = "error",
 ) -> ImageDataset:
     """A CSV (``csv``, relative to ``root``) listing images (``path_column``, relative to ``root``) and labels.
 
     Without ``split_column`` the split is drawn by patient (``patient_column``) or by image, seeded; with it, the
     user's split is kept, refused if a patient crosses it, and val/test are carved from train only if absent.
+    ``blank_labels``: ``error`` refuses blank cells in 0/1 label columns, ``negative`` reads them as 0.
     """
     root_path = Path(root).expanduser()
     csv_path = Path(csv) if Path(csv).is_absolute() else root_path / csv
@@ -236,4 +256,4 @@ def csv_dataset(
         raise DataError(f"{csv_path}: cannot be read as CSV ({type(e).__name__}: {e})") from None
     return table_dataset(table, root_path, name, path_column, label_columns, label_separator, task, class_names,
                          patient_column, split_column, uncertain, val_fraction, test_fraction, seed, size, aspect,
-                         channels, window, orientation, spacing, on_error, f"CSV dataset {csv_path}")
+                         channels, window, orientation, spacing, on_error, f"CSV dataset {csv_path}", blank_labels)

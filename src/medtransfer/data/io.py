@@ -19,6 +19,8 @@ Every failure becomes an `UnreadableFile` naming the file and the reason, so a s
 
 from __future__ import annotations
 
+import functools
+import logging
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +46,30 @@ WINDOWS = {
     "brain": (40, 80),
     "ct": (0, 2000),
 }
+
+
+# Third-party lines that say nothing about the user's files, yet came once per image: MONAI's LoadImage builds every
+# registered reader each time, and its nvImageCodec DICOM reader then logs and warns that the optional GPU decoder is
+# absent (ITK and pydicom read those files anyway); ITK's SWIG bindings warn on import. Everything else passes.
+_NOISE_LOGS = {"monai.data.nvimgcodec_pydicom_plugin": ("nvImageCodec is not available",)}
+_NOISE_WARNINGS = ((UserWarning, "NvImgCodecPydicomReader: nvImageCodec decoder plugin did not register"),
+                   (DeprecationWarning, "builtin type (SwigPy|swigvarlink)"))
+
+
+class _DropMessages(logging.Filter):
+    def __init__(self, prefixes: tuple[str, ...]):
+        super().__init__()
+        self.prefixes = prefixes
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(self.prefixes)
+
+
+@functools.cache
+def _quiet_reader_logs() -> None:
+    """Filter `_NOISE_LOGS` at their loggers, once per process; other messages of those loggers still show."""
+    for name, prefixes in _NOISE_LOGS.items():
+        logging.getLogger(name).addFilter(_DropMessages(prefixes))
 
 
 class UnreadableFile(DataError):
@@ -93,9 +119,11 @@ def _load(path: Path, reader, channel_first: bool = True):
 
     if not path.exists():
         raise UnreadableFile(path, "file not found")
+    _quiet_reader_logs()
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with warnings.catch_warnings():  # scoped: the user's own warning filters stay as they were
+            for category, message in _NOISE_WARNINGS:
+                warnings.filterwarnings("ignore", message=message, category=category)
             return LoadImage(reader=reader, image_only=True, ensure_channel_first=channel_first)(str(path))
     except Exception as e:  # readers raise anything on corrupt bytes: zlib.error, struct.error, itk RuntimeError ...
         message = str(e).strip().splitlines()[-1][:300] if str(e).strip() else ""

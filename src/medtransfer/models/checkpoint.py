@@ -123,5 +123,16 @@ def load_backbone_weights(backbone: Backbone, state: dict[str, torch.Tensor], so
     if problems:
         raise CheckpointError(f"{source} does not fit backbone {backbone.name!r} "
                               f"(small_stem={backbone.small_stem}): " + "; ".join(problems))
+    check_finite(state, source)
     backbone.model.load_state_dict(state, strict=True)
     return report
+
+
+def check_finite(state: dict[str, torch.Tensor], source: str) -> None:
+    """Refuse weights holding NaN/Inf: they would load silently and train to NaN losses (or to a model that
+    predicts one class), far from the file that caused it. Every init and zoo import loads through here."""
+    bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise CheckpointError(f"{source}: {len(bad)} tensor(s) hold NaN or infinite values: "
+                              f"{', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}; allowed: finite weights "
+                              "(the file is corrupt, or saved from a training that diverged)")

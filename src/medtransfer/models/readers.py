@@ -112,8 +112,10 @@ def flatten_source(obj, path: Path | str) -> tuple[dict[str, torch.Tensor], dict
                 walk(value, name + "/")
             elif isinstance(value, torch.Tensor):
                 flat[name] = value
-            elif isinstance(value, np.ndarray) and value.dtype != object:
-                flat[name] = torch.from_numpy(np.ascontiguousarray(value))
+            elif isinstance(value, (np.ndarray, np.generic)) and value.dtype.kind in "biufc":
+                # np.array, not np.ascontiguousarray: that makes 0-d arrays (num_batches_tracked) 1-d; np.generic:
+                # numpy scalars, which is how np.int64 counters come back from a pickle
+                flat[name] = torch.from_numpy(np.array(value, order="C"))
             else:
                 bad.append(f"{name} ({type(value).__name__})")
 

@@ -33,6 +33,7 @@ from torch import nn
 
 from medtransfer.errors import ConfigError
 from medtransfer.pretrain.base import BaseMethod, MethodOptions
+from medtransfer.seeds import Seed
 
 MIN_HAMMING_9_100 = 6  # checked by tests/pretrain/test_predictive.py
 MAX_TILES = 9  # all n! permutations are enumerated: 9! = 362,880 is fine, 27! is not
@@ -111,7 +112,7 @@ class JigsawOptions(MethodOptions):
     grid: Optional[int] = Field(None, ge=2)  # None: 3 in 2D (Noroozi & Favaro), 2 in 3D (Zhuang et al.'s 2x2x2)
     # REFERENCE.md method facts: 100 permutations typical (Noroozi & Favaro compare set sizes from 100 upwards)
     n_permutations: int = Field(100, ge=2)
-    permutation_seed: int = 0
+    permutation_seed: Seed = 0
     # Noroozi & Favaro crop a 64x64 tile from each 75x75 cell of a 225x225 image: a random gap between tiles.
     crop_fraction: float = Field(64 / 75, gt=0, le=1)
     tile_size: Optional[int] = Field(None, ge=1)  # None: see the module docstring

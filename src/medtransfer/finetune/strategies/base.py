@@ -34,6 +34,10 @@ class Strategy(BaseModel):
     def callbacks(self) -> list:
         return []
 
+    def schedule_problem(self, epochs: int) -> str | None:
+        """Why this strategy cannot do what it says within ``epochs`` training epochs, or None if it can."""
+        return None
+
 
 def trainable(module: nn.Module) -> list[nn.Parameter]:
     return [p for p in module.parameters() if p.requires_grad]

@@ -33,6 +33,12 @@ class Warmup(Strategy):
     def callbacks(self):
         return [UnfreezeBackbone(self.frozen_epochs)]
 
+    def schedule_problem(self, epochs: int) -> str | None:
+        if self.frozen_epochs < epochs:
+            return None
+        return (f"frozen_epochs={self.frozen_epochs} with train.epochs={epochs}: the backbone would never be "
+                f"unfrozen, which is linear probing under another name; allowed: frozen_epochs < {epochs}")
+
 
 class UnfreezeBackbone(L.Callback):
     def __init__(self, at_epoch: int):
