@@ -197,8 +197,8 @@ def test_results_with_metric(finished, tmp_path, capsys):
     assert "unfinished" not in out
     import pandas as pd
     table = pd.read_csv(csv)
-    assert list(table.columns) == ["dataset", "init", "strategy", "fraction", "mean", "std", "n"]
-    assert len(table) == 4 and set(table["n"]) == {2}
+    assert list(table.columns) == ["dataset", "init", "strategy", "fraction", "mean", "std", "n", "warned"]
+    assert len(table) == 4 and set(table["n"]) == {2} and set(table["warned"]) == {0}
 
 
 def test_results_default_metric_and_unfinished_runs(finished, capsys):
