@@ -29,8 +29,9 @@ def _run(args) -> int:
     rows = ResultStore(summary.folder).rows(status=None)  # all runs: they tell the folder's experiments apart
     if len(finished_runs(rows)):
         print(format_table(summary_table(rows, args.metric), args.metric))
-    if format_warnings(rows):
-        print("\n" + format_warnings(rows))
+    listed = format_warnings(rows)
+    if listed:
+        print("\n" + listed)
     print(f"\n{summary.done} run(s) done, {summary.skipped} already finished, {len(summary.failed)} failed "
           f"of {summary.total}")
     for failure in summary.failed:
@@ -73,8 +74,9 @@ def _results(args) -> int:
         print(format_table(summary, args.metric))
         if args.csv:
             summary.to_csv(args.csv, index=False)
-    if format_warnings(rows):
-        print("\n" + format_warnings(rows))
+    listed = format_warnings(rows)
+    if listed:
+        print("\n" + listed)
     unfinished = rows[rows["status"] != "done"]
     if len(unfinished):
         print(f"\nunfinished: {unfinished['status'].value_counts().to_dict()} (run the experiment again to redo)")
