@@ -97,6 +97,7 @@ def test_report_refuses_a_mix_and_reports_one_config_with_its_warnings(tmp_path,
     html = report_folder(tmp_path, tmp_path / "r30", config=key30).read_text(encoding="utf-8")
     assert '<section id="warnings">' in html and WARNING.replace("'", "&#x27;") in html
     assert "1 finished run(s) stored warnings" in html
+    assert re.search(r"0\.755 ± 0\.007 \[[-0-9.]+, [0-9.]+\] \(n=2, 1 warned\)", html)  # the summary cell
     other = configs["config_key"][configs["config_key"] != key30].iloc[0]
     html = report_folder(tmp_path, tmp_path / "r15", config=other).read_text(encoding="utf-8")
     assert "None: no finished run stored a warning." in html

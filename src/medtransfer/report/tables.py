@@ -91,8 +91,8 @@ def summary_with_ci(rows: pd.DataFrame, metrics: Sequence[str] | None = None,
     """Long table, one row per (dataset, init, strategy, fraction, metric) of the expected grid.
 
     Columns: mean, std, ci_low, ci_high (t-based, ``confidence``), n (finished runs with a defined value),
-    n_expected (seeds in the grid), ``short`` (n < n_expected: a mean over fewer seeds than the others) and
-    ``best`` (highest mean per dataset, fraction and metric; lowest for error metrics). A cell without any
+    n_expected (seeds in the grid), ``warned`` (finished runs that stored a warning), ``short`` (n < n_expected: a
+    mean over fewer seeds than the others) and ``best`` (highest mean per dataset, fraction and metric; lowest for error metrics). A cell without any
     finished run stays in the table with n = 0 and NaN statistics instead of disappearing.
     """
     metrics = list(metrics) if metrics is not None else metric_names(rows)
@@ -103,14 +103,17 @@ def summary_with_ci(rows: pd.DataFrame, metrics: Sequence[str] | None = None,
     check_one_experiment(rows)
     expected = expected_grid(rows).groupby(list(BY)).size()
     done = finished_runs(rows)
+    warned = warned_runs(done).groupby([done[c] for c in BY]).sum()
     records = []
     for metric in metrics:
         values = {key: group.dropna().to_numpy() for key, group in done.groupby(list(BY))[f"metric.{metric}"]}
         for key, n_expected in expected.items():
             mean, std, low, high, n = mean_ci(values.get(key, np.empty(0)), confidence)
             records.append({**dict(zip(BY, key)), "metric": metric, "mean": mean, "std": std, "ci_low": low,
-                            "ci_high": high, "n": n, "n_expected": int(n_expected)})
-    summary = pd.DataFrame(records, columns=[*BY, "metric", "mean", "std", "ci_low", "ci_high", "n", "n_expected"])
+                            "ci_high": high, "n": n, "n_expected": int(n_expected),
+                            "warned": int(warned.get(key, 0))})
+    summary = pd.DataFrame(records, columns=[*BY, "metric", "mean", "std", "ci_low", "ci_high", "n", "n_expected",
+                                             "warned"])
     summary["short"] = summary["n"] < summary["n_expected"]
     lower = summary["metric"].isin(LOWER_IS_BETTER)
     signed = summary["mean"].where(~lower, -summary["mean"])
@@ -119,7 +122,8 @@ def summary_with_ci(rows: pd.DataFrame, metrics: Sequence[str] | None = None,
 
 
 def _ci_cell(row, digits: int, pm: str) -> str:
-    count = f"n={row.n}" if not row.short else f"n={row.n} of {row.n_expected}"
+    count = (f"n={row.n}" if not row.short else f"n={row.n} of {row.n_expected}") + \
+        (f", {row.warned} warned" if row.warned else "")
     if row.n == 0:
         return f"missing ({count})"
     if row.n == 1:
@@ -151,7 +155,8 @@ def wide_table(summary: pd.DataFrame, metric: str, digits: int = 3, pm: str = "Â
 def table_title(metric: str, confidence: float = 0.95) -> str:
     direction = "lowest" if metric in LOWER_IS_BETTER else "highest"
     return (f"{metric}: mean Â± std [{confidence:.0%} CI] over seeds (n seeds); bold = best ({direction}) per "
-            f"dataset and label fraction; 'n=k of m' = only k of the grid's m seeds finished")
+            f"dataset and label fraction; 'n=k of m' = only k of the grid's m seeds finished; 'j warned' = j runs "
+            "stored a warning (see Warnings)")
 
 
 def to_markdown(summary: pd.DataFrame, metric: str, digits: int = 3) -> str:
