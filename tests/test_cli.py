@@ -81,7 +81,8 @@ def test_console_script_help():
 @pytest.mark.parametrize("command, arguments", [
     ("run", ["experiment", "--output", "--metric", "--fail-fast", "--no-progress", "--verbose"]),
     ("pretrain", ["config", "--output", "--verbose"]),
-    ("results", ["folder", "--metric", "--csv"]),
+    ("results", ["folder", "--metric", "--csv", "--config"]),
+    ("report", ["folder", "--baseline", "--metric", "--output", "--config"]),
     ("describe", ["backbone", "--view", "--in-chans", "--input-size", "--small-stem"]),
     ("list", []),
 ])
