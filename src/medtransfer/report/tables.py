@@ -92,8 +92,9 @@ def summary_with_ci(rows: pd.DataFrame, metrics: Sequence[str] | None = None,
 
     Columns: mean, std, ci_low, ci_high (t-based, ``confidence``), n (finished runs with a defined value),
     n_expected (seeds in the grid), ``warned`` (finished runs that stored a warning), ``short`` (n < n_expected: a
-    mean over fewer seeds than the others) and ``best`` (highest mean per dataset, fraction and metric; lowest for error metrics). A cell without any
-    finished run stays in the table with n = 0 and NaN statistics instead of disappearing.
+    mean over fewer seeds than the others) and ``best`` (highest mean per dataset, fraction and metric; lowest for
+    error metrics). A cell without any finished run stays in the table with n = 0 and NaN statistics instead of
+    disappearing.
     """
     metrics = list(metrics) if metrics is not None else metric_names(rows)
     unknown = sorted(set(metrics) - set(metric_names(rows)))
@@ -122,8 +123,8 @@ def summary_with_ci(rows: pd.DataFrame, metrics: Sequence[str] | None = None,
 
 
 def _ci_cell(row, digits: int, pm: str) -> str:
-    count = (f"n={row.n}" if not row.short else f"n={row.n} of {row.n_expected}") + \
-        (f", {row.warned} warned" if row.warned else "")
+    count = f"n={row.n}" if not row.short else f"n={row.n} of {row.n_expected}"
+    count += f", {row.warned} warned" if row.warned else ""
     if row.n == 0:
         return f"missing ({count})"
     if row.n == 1:
