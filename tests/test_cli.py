@@ -81,7 +81,8 @@ def test_console_script_help():
 @pytest.mark.parametrize("command, arguments", [
     ("run", ["experiment", "--output", "--metric", "--fail-fast", "--no-progress", "--verbose"]),
     ("pretrain", ["config", "--output", "--verbose"]),
-    ("results", ["folder", "--metric", "--csv"]),
+    ("results", ["folder", "--metric", "--csv", "--config"]),
+    ("report", ["folder", "--baseline", "--metric", "--output", "--config"]),
     ("describe", ["backbone", "--view", "--in-chans", "--input-size", "--small-stem"]),
     ("list", []),
 ])
@@ -197,8 +198,8 @@ def test_results_with_metric(finished, tmp_path, capsys):
     assert "unfinished" not in out
     import pandas as pd
     table = pd.read_csv(csv)
-    assert list(table.columns) == ["dataset", "init", "strategy", "fraction", "mean", "std", "n"]
-    assert len(table) == 4 and set(table["n"]) == {2}
+    assert list(table.columns) == ["dataset", "init", "strategy", "fraction", "mean", "std", "n", "warned"]
+    assert len(table) == 4 and set(table["n"]) == {2} and set(table["warned"]) == {0}
 
 
 def test_results_default_metric_and_unfinished_runs(finished, capsys):
@@ -221,6 +222,51 @@ def test_results_without_store(tmp_path, capsys):
     assert main(["results", str(tmp_path)]) == 2
     assert "no results.sqlite" in one_error_line(capsys)
     assert not (tmp_path / "results.sqlite").exists()  # looking does not create a store
+
+
+def test_two_experiment_files_in_one_folder_give_separate_rows_never_n4(tmp_path, capsys, fake):
+    folder = tmp_path / "out"
+    for epochs in (1, 2):
+        experiment = {**EXPERIMENT, "train": {"epochs": epochs, "batch_size": 32}}
+        assert main(["run", str(write(tmp_path / f"exp{epochs}.yaml", experiment)), "--output", str(folder),
+                     "--no-progress"]) == 0
+    run_out = capsys.readouterr().out
+    assert main(["results", str(folder)]) == 0
+    out = capsys.readouterr().out
+    for text in (run_out.split("8 run(s) done")[1], out):  # the second run's table, then results'
+        assert "n=4" not in text
+        keys = re.findall(r"^synthetic2d\s+random\s+linear\s+(\w{6})\s+0\.710 ± 0\.014 \(n=2\)", text, re.M)
+        assert len(set(keys)) == 2
+        legend = text.strip().splitlines()[-1] if text is out else text.split("\n\n")[0].splitlines()[-1]
+        assert legend == f"config {min(keys)}: train.epochs={1 + (min(keys) == keys[1])}; {max(keys)}: " \
+                         f"train.epochs={1 + (max(keys) == keys[1])}"
+    assert main(["results", str(folder), "--config", keys[0]]) == 0
+    one = capsys.readouterr().out
+    assert "config" not in one.splitlines()[1] and re.search(r"random\s+linear\s+0\.710 ± 0\.014 \(n=2\)", one)
+    assert main(["report", str(folder)]) == 2
+    assert "mixes experiments" in one_error_line(capsys)
+
+
+def test_run_and_results_list_the_runs_that_stored_warnings(tmp_path, capsys, monkeypatch):
+    class Warned(FakeFineTune):
+        def __call__(self, data, train_indices, backbone, strategy, *args, **kwargs):
+            result = super().__call__(data, train_indices, backbone, strategy, *args, **kwargs)
+            if strategy.label() == "linear" and len(train_indices) < len(data.train):
+                result.warnings = ["selected epoch predicts one class ('healthy') for every test image"]
+            return result
+
+    monkeypatch.setattr(runner, "fine_tune", Warned())
+    folder = tmp_path / "out"
+    assert main(["run", str(write(tmp_path / "exp.yaml", EXPERIMENT)), "--output", str(folder),
+                 "--no-progress"]) == 0
+    run_out = capsys.readouterr().out
+    assert main(["results", str(folder)]) == 0
+    for out in (run_out, capsys.readouterr().out):
+        assert re.search(r"random\s+linear\s+0\.710 ± 0\.014 \(n=2, 2 warned\)\*\s+0\.910 ± 0\.014 \(n=2\)\*\n", out)
+        assert "2 run(s) finished with warnings" in out
+        for seed in (0, 1):
+            assert (f"  synthetic2d | random | linear | 50% | seed {seed}: selected epoch predicts one class "
+                    "('healthy') for every test image") in out
 
 
 # --- describe, list, pretrain -------------------------------------------------------------------------------------

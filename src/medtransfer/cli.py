@@ -15,6 +15,8 @@ def _run(args) -> int:
     from medtransfer.bench.runner import run_experiment
     from medtransfer.bench.store import ResultStore
     from medtransfer.config import ExperimentConfig, load_config
+    from medtransfer.report.coverage import finished_runs
+    from medtransfer.report.integrity import format_warnings
     from medtransfer.report.tables import format_table, summary_table
 
     from lightning.pytorch.utilities import rank_zero_only
@@ -24,9 +26,12 @@ def _run(args) -> int:
                              progress=not args.no_progress)
     if rank_zero_only.rank != 0:  # under DDP every process runs the grid; one report is enough
         return 1 if summary.failed else 0
-    rows = ResultStore(summary.folder).rows()
-    if len(rows):
+    rows = ResultStore(summary.folder).rows(status=None)  # all runs: they tell the folder's experiments apart
+    if len(finished_runs(rows)):
         print(format_table(summary_table(rows, args.metric), args.metric))
+    listed = format_warnings(rows)
+    if listed:
+        print("\n" + listed)
     print(f"\n{summary.done} run(s) done, {summary.skipped} already finished, {len(summary.failed)} failed "
           f"of {summary.total}")
     for failure in summary.failed:
@@ -52,22 +57,27 @@ def _pretrain(args) -> int:
 
 def _results(args) -> int:
     from medtransfer.bench.store import ResultStore
+    from medtransfer.report.coverage import finished_runs
+    from medtransfer.report.integrity import format_warnings, select_config
     from medtransfer.report.tables import format_table, summary_table
 
     folder = Path(args.folder)
     if not (folder / "results.sqlite").exists():
         raise MedtransferError(f"{folder}: no results.sqlite here; pass the experiment folder printed by 'run'")
-    store = ResultStore(folder)
-    rows = store.rows()
-    if not len(rows):
+    rows = ResultStore(folder).rows(status=None)  # all runs: they tell the folder's experiments apart
+    if args.config:
+        rows = select_config(rows, args.config)
+    if not len(finished_runs(rows)):
         print("no finished runs yet")
     else:
         summary = summary_table(rows, args.metric)
         print(format_table(summary, args.metric))
         if args.csv:
             summary.to_csv(args.csv, index=False)
-    unfinished = store.rows(status=None)
-    unfinished = unfinished[unfinished["status"] != "done"]
+    listed = format_warnings(rows)
+    if listed:
+        print("\n" + listed)
+    unfinished = rows[rows["status"] != "done"]
     if len(unfinished):
         print(f"\nunfinished: {unfinished['status'].value_counts().to_dict()} (run the experiment again to redo)")
     return 0
@@ -76,7 +86,7 @@ def _results(args) -> int:
 def _report(args) -> int:
     from medtransfer.report import report_folder
 
-    print(f"report: {report_folder(args.folder, args.output, args.metric, args.baseline).resolve()}")
+    print(f"report: {report_folder(args.folder, args.output, args.metric, args.baseline, args.config).resolve()}")
     return 0
 
 
@@ -166,6 +176,8 @@ def build_parser() -> argparse.ArgumentParser:
     res.add_argument("folder", type=Path, help="experiment folder (holds results.sqlite)")
     res.add_argument("--metric", default="auc", help="metric to summarise (default: auc)")
     res.add_argument("--csv", type=Path, help="also write the summary to this CSV file")
+    res.add_argument("--config", help="only the runs of this config key (a folder holding several experiments "
+                     "prints its keys under the table)")
     res.set_defaults(func=_results)
 
     rep = sub.add_parser("report", help="HTML report with CIs, tests against a baseline and figures",
@@ -177,6 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
                      "under the same strategy (default: random/end_to_end)")
     rep.add_argument("--metric", help="metric of the comparisons and figures (default: auc when present)")
     rep.add_argument("--output", type=Path, help="report folder (default: FOLDER/report)")
+    rep.add_argument("--config", help="report the runs of this config key ('results' prints the keys of a folder "
+                     "that holds several experiments)")
     rep.set_defaults(func=_report)
 
     desc = sub.add_parser("describe", help="a backbone's depth units with their share of depth and parameters")

@@ -9,7 +9,8 @@ from toy_experiment import FAILED, SEEDS, auc_value
 from scipy import stats
 
 from medtransfer.errors import ConfigError
-from medtransfer.report.coverage import check_one_experiment, missing_runs
+from medtransfer.report.coverage import missing_runs
+from medtransfer.report.integrity import check_one_experiment
 from medtransfer.report.tables import summary_with_ci, to_html, to_latex, to_markdown, wide_table
 
 

@@ -204,6 +204,6 @@ def run_experiment(cfg: ExperimentConfig, folder: str | Path | None = None, verb
                 "class_counts": describe_subset(data.train.labels, data.task, indices),
                 "class_names": list(data.class_names),
                 "trainable_params": result.trainable_params, "total_params": result.total_params,
-                "init_file": str(prepared.init_files[spec.init.name] or "")})
+                "init_file": str(prepared.init_files[spec.init.name] or ""), "warnings": result.warnings})
     skipped = len(specs) - len(todo) + finished_elsewhere
     return RunSummary(folder, len(specs), skipped, len(specs) - skipped - len(failed), failed)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import lightning as L
 import numpy as np
+import pandas as pd
 import torch
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
@@ -24,6 +25,7 @@ from medtransfer.data.base import ImageDataset, Split
 from medtransfer.data.transforms import Preprocess
 from medtransfer.errors import ConfigError, allowed
 from medtransfer.evaluate import LOWER_IS_BETTER, METRICS, SEGMENTATION_METRICS
+from medtransfer.finetune.diagnostics import diagnose
 from medtransfer.finetune.module import FineTuner
 from medtransfer.finetune.segmentation import build_segmentation, segmentation_dataset
 from medtransfer.finetune.strategies import Strategy
@@ -42,6 +44,7 @@ class FineTuneResult:
     epochs_run: int = 0
     trainable_params: int = 0
     total_params: int = 0
+    warnings: list[str] = field(default_factory=list)  # see finetune.diagnostics: numbers not to trust blindly
 
 
 def tensor_dataset(split: Split, indices: np.ndarray | None = None, training: bool = False) -> TensorDataset:
@@ -146,32 +149,40 @@ def fine_tune(data: ImageDataset, train_indices: np.ndarray, backbone: Backbone,
     fitted = time.perf_counter()
     val_metrics = {k.removeprefix("val/"): float(v) for k, v in trainer.callback_metrics.items()
                    if k.startswith("val/")}
-    best_epoch = _best_epoch(workdir / "metrics.csv", monitor, mode)
+    log = _read_log(workdir / "metrics.csv")
+    best_epoch = _best_epoch(log, monitor, mode)
     trainer.test(module, eval_loader(data.test), ckpt_path=ckpt.best_model_path or None, verbose=False,
                  weights_only=True)
     tested = time.perf_counter()
     if not train.keep_checkpoints and trainer.is_global_zero:
         shutil.rmtree(workdir / "checkpoints", ignore_errors=True)
     result = module.test_result or {}
+    warnings = diagnose(log, monitor, data.task, data.val.labels, result.get("predictions", {}), data.class_names)
     return FineTuneResult(
         metrics=result.get("metrics", {}), per_class=result.get("per_class", {}), val_metrics=val_metrics,
         predictions=result.get("predictions", {}),
         timings={"fit_s": fitted - start, "test_s": tested - fitted},
         best_epoch=best_epoch, epochs_run=trainer.current_epoch,
         trainable_params=sum(p.numel() for p in model.parameters() if p.requires_grad),
-        total_params=sum(p.numel() for p in model.parameters()))
+        total_params=sum(p.numel() for p in model.parameters()), warnings=warnings)
 
 
-def _best_epoch(metrics_csv: Path, monitor: str, mode: str) -> int:
-    """The epoch whose validation score was selected, read back from the CSV log (−1 if unavailable)."""
-    if not metrics_csv.exists():
+def _read_log(metrics_csv: Path) -> pd.DataFrame:
+    """Lightning's per-epoch CSV log (empty when absent, e.g. on a non-zero DDP rank)."""
+    return pd.read_csv(metrics_csv) if metrics_csv.exists() else pd.DataFrame()
+
+
+def _best_epoch(log: pd.DataFrame, monitor: str, mode: str) -> int:
+    """The epoch whose weights were tested, read back from the log (−1 if nothing was validated).
+
+    A NaN score counts as the worst possible for Lightning's checkpoint callback, so when the monitored metric is
+    NaN in every epoch the first validated epoch is kept (``diagnostics.undefined_selection`` says so).
+    """
+    if "epoch" not in log:
         return -1
-    import pandas as pd
-    log = pd.read_csv(metrics_csv)
-    if monitor not in log:
-        return -1
-    scores = log[["epoch", monitor]].dropna()
+    scores = log[["epoch", monitor]].dropna() if monitor in log else log.iloc[:0]
     if scores.empty:
-        return -1
+        validated = log.dropna(subset=["val/loss"]) if "val/loss" in log else log.iloc[:0]
+        return int(validated["epoch"].min()) if len(validated) else -1
     row = scores[monitor].idxmax() if mode == "max" else scores[monitor].idxmin()
     return int(scores.loc[row, "epoch"])

@@ -16,7 +16,8 @@ from medtransfer.errors import ConfigError, MedtransferError, allowed
 from medtransfer.evaluate.statistics import MARKERS, NOT_SIGNIFICANT
 from medtransfer.report import comparisons as cmp
 from medtransfer.report import plots, tables
-from medtransfer.report.coverage import RUN_KEYS, check_one_experiment, finished_runs, metric_names, missing_runs
+from medtransfer.report.coverage import RUN_KEYS, finished_runs, metric_names, missing_runs
+from medtransfer.report.integrity import check_one_experiment, select_config, warning_table
 from medtransfer.report.html import esc, figure_html, frame_html, page, runs_html
 from medtransfer.report.provenance import compute_time, duration, machines_table, versions_table
 
@@ -32,6 +33,7 @@ class Analysis:
     summary: pd.DataFrame
     comparisons: pd.DataFrame
     missing: pd.DataFrame
+    warnings: pd.DataFrame = field(default_factory=pd.DataFrame)  # one row per (run, stored warning)
     figures: list[tuple[str, str, Figure]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -60,7 +62,7 @@ def analyse(rows: pd.DataFrame, metric: str | None = None, baseline: str = cmp.D
     strategy = base.strategy or ("end_to_end" if "end_to_end" in strategies else strategies[0])
     summary = tables.summary_with_ci(rows, [metric] + [m for m in present if m != metric])
     result = Analysis(rows, metric, base, strategy, summary, cmp.comparison_table(rows, metric, base),
-                      missing_runs(rows, metric))
+                      missing_runs(rows, metric), warning_table(finished_runs(rows)))
     _notes(result)
     _figures(result, runs_folder)
     return result
@@ -72,6 +74,11 @@ def _notes(a: Analysis) -> None:
         a.notes.append(f"{len(a.missing)} of {int(cells['n_expected'].sum())} runs are missing for {a.metric} "
                        f"({', '.join(f'{k}: {v}' for k, v in a.missing['status'].value_counts().items())}); "
                        "their cells show 'n=k of m' and are shaded, and their runs are listed under Missing runs.")
+    if len(a.warnings):
+        runs = len(a.warnings.drop_duplicates(list(RUN_KEYS)))
+        a.notes.append(f"{runs} finished run(s) stored warnings (e.g. model selection on an undefined validation "
+                       "metric, a constant predictor): their numbers are in the tables but may not mean what they "
+                       "seem; see Warnings.")
     if cells["n"].max() < 2:
         a.notes.append("Every cell has a single finished seed: no statistical test is run, because a test needs at "
                        "least two seeds per compared cell. Add seeds to the experiment to get p-values.")
@@ -178,6 +185,8 @@ def build_report(rows: pd.DataFrame, output_dir: str | Path, metric: str | None 
         ("figures", "Figures", "\n".join(figures)),
         ("comparisons", f"Comparisons against {a.baseline} ({a.metric})", _comparisons_html(a)),
         ("missing", "Missing runs", missing),
+        ("warnings", "Warnings", frame_html(a.warnings, "warnings") if len(a.warnings) else
+         "<p>None: no finished run stored a warning.</p>"),
         ("environment", "Environment and compute time", _environment_html(a)),
         ("runs", "Runs and their exact configs", runs_html(a.rows)),
     ])
@@ -187,13 +196,16 @@ def build_report(rows: pd.DataFrame, output_dir: str | Path, metric: str | None 
 
 
 def report_folder(folder: str | Path, output: str | Path | None = None, metric: str | None = None,
-                  baseline: str = cmp.DEFAULT_BASELINE) -> Path:
-    """Report on the results store in ``folder`` (default output: ``folder``/report); returns report.html's path."""
+                  baseline: str = cmp.DEFAULT_BASELINE, config: str | None = None) -> Path:
+    """Report on the results store in ``folder`` (default output: ``folder``/report); returns report.html's path.
+    ``config`` keeps the runs of one config key of a folder that holds several experiments."""
     from medtransfer.bench.store import ResultStore
 
     folder = Path(folder)
     if not (folder / "results.sqlite").exists():
         raise MedtransferError(f"{folder}: no results.sqlite here; pass the experiment folder printed by 'run'")
     rows = ResultStore(folder).rows(status=None)
+    if config:
+        rows = select_config(rows, config)
     return build_report(rows, output or folder / "report", metric, baseline, runs_folder=folder,
                         title=f"medtransfer report: {folder.resolve().name}")

@@ -21,7 +21,8 @@ import pandas as pd
 from medtransfer.errors import ConfigError, allowed
 from medtransfer.evaluate import LOWER_IS_BETTER
 from medtransfer.evaluate.statistics import holm, marker, paired_test, relative_improvement, unpaired_test
-from medtransfer.report.coverage import check_one_experiment, finished_runs
+from medtransfer.report.coverage import finished_runs
+from medtransfer.report.integrity import check_one_experiment
 
 DEFAULT_BASELINE = "random/end_to_end"
 COLUMNS = ["dataset", "fraction", "init", "strategy", "baseline", "design", "n", "mean", "baseline_mean", "diff",

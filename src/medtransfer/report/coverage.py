@@ -9,13 +9,10 @@ never finished (failed, interrupted, still running, never started) or when it fi
 from __future__ import annotations
 
 import itertools
-import json
 
 import pandas as pd
 
-from medtransfer.errors import ConfigError
-
-RUN_KEYS = ("dataset", "init", "strategy", "fraction", "seed")
+from medtransfer.report.integrity import RUN_KEYS
 
 
 def metric_names(rows: pd.DataFrame) -> list[str]:
@@ -26,30 +23,6 @@ def metric_names(rows: pd.DataFrame) -> list[str]:
 def finished_runs(rows: pd.DataFrame) -> pd.DataFrame:
     """The runs with status "done" (a frame without a status column is taken as finished runs only)."""
     return rows[rows["status"] == "done"] if "status" in rows else rows
-
-
-def _flatten(config, prefix: str = "") -> dict:
-    if not isinstance(config, dict):
-        return {prefix: json.dumps(config, sort_keys=True)}
-    return {k: v for key, value in config.items() for k, v in _flatten(value, f"{prefix}{key}.").items()}
-
-
-def check_one_experiment(rows: pd.DataFrame) -> None:
-    """Refuse a store where two runs share (dataset, init, strategy, fraction, seed) but not their config.
-
-    That happens when an experiment file is edited (say, more epochs) and run again into the same folder: both
-    versions are kept, and averaging them would mix two experiments. The error names the keys that differ.
-    """
-    if "config" not in rows:  # a hand-made frame: nothing to tell experiments apart by
-        return
-    duplicated = rows[rows.duplicated(list(RUN_KEYS), keep=False)]
-    for _, group in duplicated.groupby(list(RUN_KEYS), sort=True):
-        flat = [_flatten(c) for c in group["config"]]
-        differing = sorted({k for f in flat for k in f if len({g.get(k) for g in flat}) > 1})
-        labels = dict(zip(RUN_KEYS, group.iloc[0][list(RUN_KEYS)]))
-        raise ConfigError(f"{len(group)} runs share {labels} but differ in config keys "
-                          f"{', '.join(differing) or '(none)'}: this store mixes experiments; report each "
-                          f"separately (filter the rows in Python, or run the edited experiment into a new folder)")
 
 
 def expected_grid(rows: pd.DataFrame) -> pd.DataFrame:

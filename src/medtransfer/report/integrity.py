@@ -1,0 +1,130 @@
+"""What a table of means can hide: runs of different experiments in one cell, and runs that finished with a warning.
+
+Two experiment files (or one edited file) run into the same folder leave runs that share dataset, init, strategy
+and label fraction but not their config — say 15 and 30 epochs. Averaging them would report "n=4" for two seeds
+of two experiments. ``config_table`` gives each run a short *config key* (a hash of exactly the settings that differ
+inside some cell, seed aside) and a legend of those settings, so tables keep experiments apart; ``select_config``
+keeps one of them; ``check_one_experiment`` refuses a mix where one experiment is required (reports, tests).
+``warning_table`` lists the warnings that ``finetune.diagnostics`` stored with each run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import pandas as pd
+
+from medtransfer.errors import ConfigError, allowed
+
+CELL = ("dataset", "init", "strategy", "fraction")
+RUN_KEYS = (*CELL, "seed")
+KEY_DIGITS = 6
+_LONG = 16  # longer values (checkpoint hashes, paths) are shortened in the legend
+
+
+def _flatten(config, prefix: str = "") -> dict:
+    """{"train.epochs": "15", ...}: every leaf of a nested config as canonical JSON text under its dotted path."""
+    if not isinstance(config, dict):
+        return {prefix.removesuffix("."): json.dumps(config, sort_keys=True)}
+    return {k: v for key, value in config.items() for k, v in _flatten(value, f"{prefix}{key}.").items()}
+
+
+def differing_settings(rows: pd.DataFrame) -> list[str]:
+    """The config keys (dotted paths, seed aside) whose values differ between runs of one (dataset, init, strategy,
+    fraction) cell: the settings that tell the experiments in ``rows`` apart. Empty for a single experiment."""
+    if "config" not in rows or rows.empty:  # a hand-made frame: nothing to tell experiments apart by
+        return []
+    flat = [_flatten(c) for c in rows["config"]]
+    differing: set[str] = set()
+    for positions in rows.groupby(list(CELL), sort=False).indices.values():
+        group = [flat[i] for i in positions]
+        for key in set().union(*group) - {"seed"} - differing:
+            if len({g.get(key) for g in group}) > 1:
+                differing.add(key)
+    return sorted(differing)
+
+
+def _shown(value: str | None) -> str:
+    text = "(absent)" if value is None else value.strip('"')
+    return text if len(text) <= _LONG else text[:_LONG - 4] + "…"
+
+
+def config_table(rows: pd.DataFrame) -> pd.DataFrame | None:
+    """Per run (same index as ``rows``): ``config_key`` (a short key) and ``config_differs`` (its values of the
+    differing settings, e.g. "train.epochs=30"); None when ``rows`` hold a single experiment.
+
+    The key hashes only the differing settings, so it is the same for every run of one experiment and stays the same
+    as long as the store's experiments differ in the same settings.
+    """
+    differing = differing_settings(rows)
+    if not differing:
+        return None
+    records = []
+    for config in rows["config"]:
+        flat = _flatten(config)
+        values = {key: flat.get(key) for key in differing}
+        digest = hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:KEY_DIGITS]
+        records.append((digest, ", ".join(f"{k}={_shown(v)}" for k, v in values.items())))
+    return pd.DataFrame(records, index=rows.index, columns=["config_key", "config_differs"])
+
+
+def legend(configs: pd.DataFrame) -> str:
+    """One line: "config abc123: train.epochs=15; def456: train.epochs=30"."""
+    pairs = configs.drop_duplicates("config_key").sort_values("config_key")
+    return "config " + "; ".join(f"{r.config_key}: {r.config_differs}" for r in pairs.itertuples())
+
+
+def select_config(rows: pd.DataFrame, key: str) -> pd.DataFrame:
+    """The runs of one experiment, by its config key (as ``results`` and ``report`` print it)."""
+    configs = config_table(rows)
+    keys = [] if configs is None else sorted(configs["config_key"].unique())
+    if key not in keys:
+        raise ConfigError(f"--config: {key!r} is not a config key of these runs; allowed: "
+                          f"{allowed(keys) if keys else 'none (they hold a single experiment)'}")
+    return rows[configs["config_key"] == key]
+
+
+def check_one_experiment(rows: pd.DataFrame) -> None:
+    """Refuse runs of several experiments (see ``differing_settings``), naming the settings and their config keys.
+
+    That happens when an experiment file is edited (say, more epochs) and run again into the same folder, or two
+    files share one: both are kept, and a mean over their runs would mix two experiments.
+    """
+    configs = config_table(rows)
+    if configs is None:
+        return
+    raise ConfigError(f"this store mixes experiments: runs of one cell differ in config keys "
+                      f"{', '.join(differing_settings(rows))} ({legend(configs)}); report one of them with "
+                      "--config KEY (in Python: select_config(rows, KEY)), or run the edited experiment into a new "
+                      "folder")
+
+
+def warning_table(rows: pd.DataFrame) -> pd.DataFrame:
+    """One row per (run, warning) stored in the runs' ``extra["warnings"]``: the run's keys and the warning."""
+    records = []
+    if "extra" in rows:
+        for run in rows.itertuples(index=False):
+            extra = run.extra if isinstance(run.extra, dict) else {}
+            for warning in extra.get("warnings", []):
+                records.append({key: getattr(run, key) for key in RUN_KEYS} | {"warning": warning})
+    return pd.DataFrame(records, columns=[*RUN_KEYS, "warning"])
+
+
+def warned_runs(rows: pd.DataFrame) -> pd.Series:
+    """Per run (same index as ``rows``): True when it finished with at least one warning."""
+    if "extra" not in rows:
+        return pd.Series(False, index=rows.index)
+    return rows["extra"].map(lambda extra: bool(isinstance(extra, dict) and extra.get("warnings")))
+
+
+def format_warnings(rows: pd.DataFrame) -> str:
+    """The stored warnings for a terminal, one line per (run, warning); empty when no run has one."""
+    table = warning_table(rows)
+    if table.empty:
+        return ""
+    runs = table.drop_duplicates(list(RUN_KEYS))
+    lines = [f"{len(runs)} run(s) finished with warnings (their numbers may not mean what they seem):"]
+    lines += [f"  {r.dataset} | {r.init} | {r.strategy} | {r.fraction * 100:g}% | seed {r.seed}: {r.warning}"
+              for r in table.itertuples()]
+    return "\n".join(lines)
