@@ -22,8 +22,8 @@ def config(**changes):
 
 
 class CrashAfterEpoch1(SimCLR):
-    def on_train_epoch_end(self):
-        if self.current_epoch == 1:
+    def on_epoch(self, epoch, total_epochs):
+        if epoch == 2:
             raise RuntimeError("simulated crash")
 
 
