@@ -34,31 +34,35 @@ def measure(args, method_name: str | None, queue) -> None:
         labels = torch.randint(0, 10, (args.batch,), device=device)
         step_loss = lambda: torch.nn.functional.cross_entropy(model((images - 0.5) / 0.5), labels)  # noqa: E731
         params = model.parameters()
+        after_backward, after_step = (lambda: None), (lambda i, n: None)
     else:
         method_cls = METHODS[method_name]
         if method_cls.unsupported(backbone):
             queue.put((method_name, None, None, method_cls.unsupported(backbone)))
             return
-        method = method_cls(backbone, method_cls.Options(), views={}, lr=1e-3, weight_decay=0.0, epochs=1,
-                            warmup_epochs=0).to(device)
+        method = method_cls(backbone, method_cls.Options(), views={}).to(device)
         step_loss = lambda: method.ssl_loss(images)  # noqa: E731
         params = [p for p in method.parameters() if p.requires_grad]
+        after_backward, after_step = method.after_backward, method.after_step  # as the training driver calls them
     opt = torch.optim.AdamW(params, lr=1e-4)
+    total = args.warmup + args.steps
 
-    def step():
+    def step(i):
         loss = step_loss()
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        after_backward()
         opt.step()
+        after_step(i, total)
 
-    for _ in range(args.warmup):
-        step()
+    for i in range(args.warmup):
+        step(i)
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
-    for _ in range(args.steps):
-        step()
+    for i in range(args.warmup, total):
+        step(i)
     if device.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start

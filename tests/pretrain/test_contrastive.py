@@ -17,6 +17,7 @@ from medtransfer.pretrain.barlow_twins import BarlowTwins
 from medtransfer.pretrain.byol import BYOL
 from medtransfer.pretrain.dino import DINO
 from medtransfer.pretrain.moco import MoCo
+from medtransfer.pretrain.module import PretrainModule
 from medtransfer.pretrain.momentum import update_pairs
 from medtransfer.pretrain.run import check_options
 from medtransfer.pretrain.swav import SwAV
@@ -40,13 +41,12 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-def make(name, spatial_dims=2, backbone="resnet_tiny", epochs=1, **options):
+def make(name, spatial_dims=2, backbone="resnet_tiny", n_images=None, **options):
     if spatial_dims == 3 and backbone == "resnet_tiny":
         backbone = "resnet_tiny_3d"
     net = create_backbone(backbone, 1, 16, small_stem=spatial_dims == 3, spatial_dims=spatial_dims)
     cls = METHODS[name]
-    return cls(net, cls.Options(**{**SMALL[name], **options}), views={}, lr=1e-3, weight_decay=0.0, epochs=epochs,
-               warmup_epochs=0)
+    return cls(net, cls.Options(**{**SMALL[name], **options}), views={}, n_images=n_images)
 
 
 # --- losses against the papers' formulas ---------------------------------------------------------------------------
@@ -114,14 +114,19 @@ def test_swav_prototypes_are_normalised_every_step_and_frozen_in_the_first_epoch
     method.ssl_loss(torch.rand(8, 1, 16, 16)).backward()
     assert torch.allclose(method.prototypes.heads[0].weight.norm(dim=1), torch.ones(16), atol=1e-5)
     assert method.prototypes.heads[0].weight.grad is not None
-    method.on_after_backward()  # epoch 0 < freeze_prototypes_epochs = 1
+    method.on_epoch(0, 2)
+    method.after_backward()  # epoch 0 < freeze_prototypes_epochs = 1
     assert all(p.grad is None for p in method.prototypes.parameters())
     assert method.projection.layers[0].weight.grad is not None
+    method.ssl_loss(torch.rand(8, 1, 16, 16)).backward()
+    method.on_epoch(1, 2)
+    method.after_backward()
+    assert all(p.grad is not None for p in method.prototypes.parameters())
 
 
 def test_dino_loss_centres_and_sharpens_the_teacher_with_the_configured_temperatures():
     torch.manual_seed(0)
-    method = make("dino", epochs=10, output_dim=6)  # warm-up 30 epochs capped at the 10 of the run
+    method = make("dino", output_dim=6)
     t = [torch.randn(4, 6), torch.randn(4, 6)]
     s = [torch.randn(4, 6), torch.randn(4, 6)]
     center = torch.randn(1, 1, 6) * 0.1
@@ -132,17 +137,21 @@ def test_dino_loss_centres_and_sharpens_the_teacher_with_the_configured_temperat
         ls = [F.log_softmax(x / 0.1, dim=1) for x in s]
         return 0.5 * (-(pt[0] * ls[1]).sum(1).mean() - (pt[1] * ls[0]).sum(1).mean())
 
-    got = method.criterion(t, s, epoch=0)
-    assert torch.allclose(got, reference(0.04), atol=1e-5)  # warm-up starts at 0.04
+    def loss_at(epoch):  # a 10-epoch run: the 30-epoch warm-up is capped at the 10 of the run
+        method.criterion.center.copy_(center)
+        method.on_epoch(epoch, 10)
+        return method.criterion(t, s, teacher_temp=method.teacher_temp)
+
+    assert torch.allclose(loss_at(0), reference(0.04), atol=1e-5)  # warm-up starts at 0.04
     # centre: EMA with momentum 0.9 of the teacher batch mean
     assert torch.allclose(method.criterion.center, 0.9 * center + 0.1 * torch.stack(t).mean((0, 1)), atol=1e-6)
-    method.criterion.center.copy_(center)
-    assert torch.allclose(method.criterion(t, s, epoch=9), reference(0.07), atol=1e-5)  # reaches 0.07 by the end
-    method.criterion.center.copy_(center)
+    assert torch.allclose(loss_at(9), reference(0.07), atol=1e-5)  # reaches 0.07 by the end
     lightly = DINOLoss(output_dim=6, warmup_teacher_temp=0.04, teacher_temp=0.07, warmup_teacher_temp_epochs=10,
                        student_temp=0.1, center_momentum=0.9)
     lightly.center.copy_(center)
-    assert torch.allclose(method.criterion(t, s, epoch=4), lightly(t, s, epoch=4))
+    for epoch in (4, 12):  # during and after the warm-up, lightly's epoch schedule
+        lightly.center.copy_(center)
+        assert torch.allclose(loss_at(epoch), lightly(t, s, epoch=epoch))
 
 
 # --- learning ------------------------------------------------------------------------------------------------------
@@ -167,7 +176,7 @@ def test_works_on_vit_and_unet_encoders(name, backbone, spatial_dims):
     size = 16 if spatial_dims == 2 else 32  # the U-Net encoder downsamples 16x
     net = create_backbone(backbone, 1, size, spatial_dims=spatial_dims)
     cls = METHODS[name]
-    method = cls(net, cls.Options(**SMALL[name]), views={}, lr=1e-3, weight_decay=0.0, epochs=1, warmup_epochs=0)
+    method = cls(net, cls.Options(**SMALL[name]), views={})
     assert method.unsupported(method.backbone) is None
     torch.manual_seed(0)
     loss = method.ssl_loss(torch.rand(4, 1, *(size,) * spatial_dims))
@@ -190,7 +199,8 @@ def test_momentum_encoder_moves_stays_out_of_the_optimiser_and_the_online_backbo
     # branches (their last BN starts at zero), so the second is the one that shows every weight moving
     trainer = L.Trainer(max_steps=3, accelerator="cpu", logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False)
-    trainer.fit(method, DataLoader(TensorDataset(images), batch_size=8, drop_last=True))
+    trainer.fit(PretrainModule(method, lr=1e-3, weight_decay=0.0, epochs=1, warmup_epochs=0),
+                DataLoader(TensorDataset(images), batch_size=8, drop_last=True))
     in_optimiser = {id(p) for group in trainer.optimizers[0].param_groups for p in group["params"]}
     for (student, twin), init in zip(pairs, before):
         for p, (k, v) in zip(student.parameters(), twin.named_parameters()):
@@ -201,8 +211,12 @@ def test_momentum_encoder_moves_stays_out_of_the_optimiser_and_the_online_backbo
     # the online and momentum backbones have parted ways: the one saved (``backbone``) is the trained one
     twin_backbone = twins[0]
     assert not torch.equal(next(online.parameters()), next(twin_backbone.parameters()))
-    if name == "moco_v2":
-        assert method.criterion.memory_bank.size[0] == 24  # queue capped at the 24 training images
+
+
+def test_moco_queue_is_capped_at_the_number_of_training_images():
+    assert make("moco_v2", queue_size=4096, n_images=24).criterion.memory_bank.size[0] == 24
+    assert make("moco_v2", queue_size=16, n_images=24).criterion.memory_bank.size[0] == 16
+    assert make("moco_v2", queue_size=4096).criterion.memory_bank.size[0] == 4096  # size unknown: as configured
 
 
 # --- configuration -------------------------------------------------------------------------------------------------

@@ -16,11 +16,12 @@ from medtransfer.models.factory import create_backbone
 from medtransfer.pretrain import METHODS
 from medtransfer.pretrain.jigsaw import (MIN_HAMMING_9_100, Jigsaw, JigsawOptions, from_tiles, hamming_permutations,
                                         random_crop_tiles, shuffle_tiles, to_tiles, unshuffle_tiles)
+from medtransfer.pretrain.module import PretrainModule
 from medtransfer.pretrain.multi_ssl import MultiSSL, MultiSSLOptions
 from medtransfer.pretrain.rotation import ROTATIONS, Rotation, RotationOptions, rotate
 from medtransfer.pretrain.run import check_options, pretrain
 
-KW = dict(views={}, lr=1e-3, weight_decay=0.0, epochs=1, warmup_epochs=0)
+KW = dict(views={})
 
 
 def tiny_backbone(spatial_dims, size=16):
@@ -198,11 +199,12 @@ def test_multi_ssl_shares_one_backbone_and_optimises_it_once():
     class FakeTrainer:
         estimated_stepping_batches, max_epochs = 10, 1
 
-    method._trainer = FakeTrainer()  # configure_optimizers only reads these two numbers
+    module = PretrainModule(method, lr=1e-3, weight_decay=0.0, epochs=1, warmup_epochs=0)
+    module._trainer = FakeTrainer()  # configure_optimizers only reads these two numbers
     try:
-        opt = method.configure_optimizers()["optimizer"]
+        opt = module.configure_optimizers()["optimizer"]
     finally:
-        method._trainer = None
+        module._trainer = None
     in_opt = [p for group in opt.param_groups for p in group["params"]]
     assert len(in_opt) == len({id(p) for p in in_opt}) == len(params)
 

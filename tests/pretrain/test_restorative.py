@@ -27,7 +27,7 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-KW = dict(views={}, lr=1e-3, weight_decay=0.0, epochs=1, warmup_epochs=0)
+KW = dict(views={})
 SHAPES = {2: (2, 1, 16, 16), 3: (2, 1, 12, 12, 12)}
 
 

@@ -22,9 +22,20 @@ def config(**changes):
 
 
 class CrashAfterEpoch1(SimCLR):
-    def on_train_epoch_end(self):
-        if self.current_epoch == 1:
+    def on_epoch(self, epoch, total_epochs):
+        if epoch == 2:
             raise RuntimeError("simulated crash")
+
+
+class Recording(SimCLR):
+    """Records the step and epoch the driver passes to the method's hooks."""
+    calls: list[tuple[str, int, int]] = []
+
+    def on_epoch(self, epoch, total_epochs):
+        self.calls.append(("epoch", epoch, total_epochs))
+
+    def after_step(self, step, total_steps):
+        self.calls.append(("step", step, total_steps))
 
 
 def test_resume_continues_an_interrupted_run_from_its_last_epoch(tmp_path, monkeypatch):
@@ -32,8 +43,10 @@ def test_resume_continues_an_interrupted_run_from_its_last_epoch(tmp_path, monke
     with pytest.raises(RuntimeError, match="simulated crash"):
         pretrain(config(), tmp_path, resume=False)
     assert (tmp_path / "lightning" / "last.ckpt").exists() and not (tmp_path / "backbone.safetensors").exists()
-    monkeypatch.setitem(METHODS, "simclr", SimCLR)
+    monkeypatch.setitem(METHODS, "simclr", Recording)
     path = pretrain(config(), tmp_path, resume=True)
+    # the schedules continue where they stopped: epoch 2 of 3, steps 4-5 of 6 (64 images, batches of 32)
+    assert Recording.calls == [("epoch", 2, 3), ("step", 4, 6), ("step", 5, 6)]
     log = pd.read_csv(tmp_path / "metrics.csv").dropna(subset=["pretrain/loss"])
     assert sorted(log["epoch"]) == [0, 1, 2]  # epochs 0-1 before the crash, only epoch 2 after it
     assert read_metadata(path)["epochs"] == 3

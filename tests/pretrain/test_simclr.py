@@ -33,8 +33,7 @@ def nt_xent_reference(z0, z1, temperature):
 def make_simclr(temperature=0.3, spatial_dims=2):
     name, size = ("resnet_tiny", 16) if spatial_dims == 2 else ("resnet_tiny_3d", 16)
     backbone = create_backbone(name, 1, size, small_stem=spatial_dims == 3)
-    return SimCLR(backbone, SimCLROptions(temperature=temperature), views={}, lr=1e-3, weight_decay=0.0, epochs=1,
-                  warmup_epochs=0)
+    return SimCLR(backbone, SimCLROptions(temperature=temperature), views={})
 
 
 def test_loss_equals_reference_nt_xent_on_fixed_embeddings():

@@ -15,7 +15,7 @@ from medtransfer.pretrain.multi_ssl import SubMethod
 from medtransfer.pretrain.run import pretrain
 from medtransfer.pretrain.supervised import Supervised
 
-KW = dict(views={}, lr=1e-3, weight_decay=0.0, epochs=1, warmup_epochs=0)
+KW = dict(views={})
 
 
 def method(task, num_classes, size=16):

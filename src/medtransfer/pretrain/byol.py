@@ -16,8 +16,8 @@ from lightly.loss import NegativeCosineSimilarity
 from lightly.models.modules import BYOLPredictionHead, BYOLProjectionHead
 from pydantic import Field
 
-from medtransfer.pretrain.base import BaseMethod, MethodOptions
-from medtransfer.pretrain.momentum import MomentumMixin, momentum_copy
+from medtransfer.pretrain.base import MethodOptions
+from medtransfer.pretrain.momentum import MomentumMethod, momentum_copy
 
 
 class BYOLOptions(MethodOptions):
@@ -26,7 +26,7 @@ class BYOLOptions(MethodOptions):
     momentum: float = Field(0.99, ge=0, le=1)  # base of the cosine schedule to 1 (see module docstring)
 
 
-class BYOL(MomentumMixin, BaseMethod):
+class BYOL(MomentumMethod):
     Options = BYOLOptions
     family = "contrastive"
 

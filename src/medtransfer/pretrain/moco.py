@@ -6,7 +6,7 @@ the queue are lightly's ``NTXentLoss(memory_bank_size=...)`` (it enqueues the ke
 ``MoCoProjectionHead`` (v2: hidden 2048, output 128, no BN), the EMA update is lightly's ``update_momentum``.
 
 Choices for small medical data (documented deviations from the ImageNet recipe):
-- queue 4096 instead of the paper's 65536, and capped at the number of training images when training starts, so the
+- queue 4096 instead of the paper's 65536, and capped at the number of training images (``n_images``), so the
   queue never holds more than about one epoch of keys (a longer one would mostly hold stale keys of the same images,
   which are then used as negatives of themselves). Lightly initialises the queue with random unit vectors.
 - momentum 0.99 raised to 1 on a cosine schedule (lightly's/BYOL's schedule; MoCo v2 uses a constant 0.999 over
@@ -22,8 +22,8 @@ from lightly.loss import NTXentLoss
 from lightly.models.modules import MoCoProjectionHead
 from pydantic import Field
 
-from medtransfer.pretrain.base import BaseMethod, MethodOptions
-from medtransfer.pretrain.momentum import MomentumMixin, momentum_copy
+from medtransfer.pretrain.base import MethodOptions
+from medtransfer.pretrain.momentum import MomentumMethod, momentum_copy
 
 
 class MoCoOptions(MethodOptions):
@@ -34,28 +34,19 @@ class MoCoOptions(MethodOptions):
     output_dim: int = Field(128, ge=1)  # MoCo v2: 128-d output
 
 
-class MoCo(MomentumMixin, BaseMethod):
+class MoCo(MomentumMethod):
     Options = MoCoOptions
     family = "contrastive"
 
-    def __init__(self, backbone, options: MoCoOptions, **kwargs):
-        super().__init__(backbone, options, **kwargs)
+    def __init__(self, backbone, options: MoCoOptions, n_images: int | None = None, **kwargs):
+        super().__init__(backbone, options, n_images=n_images, **kwargs)
         self.projection = MoCoProjectionHead(backbone.num_features, options.hidden_dim, options.output_dim)
         self.backbone_momentum = momentum_copy(backbone)
         self.projection_momentum = momentum_copy(self.projection)
-        self.criterion = self._criterion(options.queue_size)
-
-    def _criterion(self, queue_size: int) -> NTXentLoss:
-        bank = (queue_size, self.options.output_dim) if queue_size > 0 else 0
-        return NTXentLoss(temperature=self.options.temperature, memory_bank_size=bank, gather_distributed=True)
-
-    def on_train_start(self):
-        """Cap the queue at the number of training images (the data is only known once training starts)."""
-        super().on_train_start()
-        loader = self.trainer.train_dataloader
-        n = len(loader.dataset) if loader is not None and hasattr(loader, "dataset") else None
-        if n is not None and 0 < n < self.options.queue_size:
-            self.criterion = self._criterion(n).to(self.device)
+        # the queue never holds more than the training images (see the module docstring)
+        queue_size = min(options.queue_size, n_images) if n_images else options.queue_size
+        bank = (queue_size, options.output_dim) if queue_size > 0 else 0
+        self.criterion = NTXentLoss(temperature=options.temperature, memory_bank_size=bank, gather_distributed=True)
 
     def momentum_pairs(self):
         return [(self.backbone, self.backbone_momentum), (self.projection, self.projection_momentum)]

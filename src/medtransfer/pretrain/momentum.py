@@ -1,8 +1,8 @@
 """Momentum (EMA) encoders for the contrastive methods: a frozen deep copy of online modules, updated after every
 optimiser step with lightly's ``update_momentum`` at a cosine-scheduled momentum (base -> 1, BYOL/DINO schedule).
 
-The copy never requires grad, so ``BaseMethod.configure_optimizers`` (which takes only ``requires_grad`` parameters)
-leaves it out of the optimiser, and the online ``backbone`` stays the module that is saved as the checkpoint.
+The copy never requires grad, so the driver's optimiser (which takes only ``requires_grad`` parameters) leaves it
+out, and the online ``backbone`` stays the module that is saved as the checkpoint.
 """
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ import copy
 from lightly.models.utils import deactivate_requires_grad, update_momentum
 from lightly.utils.scheduler import cosine_schedule
 from torch import nn
+
+from medtransfer.pretrain.base import BaseMethod
 
 
 def momentum_copy(module: nn.Module) -> nn.Module:
@@ -32,18 +34,18 @@ def update_pairs(pairs: list[tuple[nn.Module, nn.Module]], m: float) -> None:
         update_momentum(online, twin, m)
 
 
-class MomentumMixin:
-    """Adds ``on_train_batch_end``: after each optimiser step, update every pair from ``momentum_pairs()`` with the
-    scheduled momentum from ``options.momentum``. Put it before ``BaseMethod`` in the bases."""
+class MomentumMethod(BaseMethod):
+    """A method with momentum twins: after each optimiser step, every pair from ``momentum_pairs()`` is updated with
+    the momentum scheduled for that step from ``options.momentum`` (kept in ``self.momentum`` for inspection)."""
+
+    def __init__(self, backbone, options, **kwargs):
+        super().__init__(backbone, options, **kwargs)
+        self.momentum = options.momentum
 
     def momentum_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
         raise NotImplementedError
 
-    def current_momentum(self) -> float:
-        """Momentum for the optimiser step just taken (global_step has already counted it): base at the first."""
-        step = max(0, self.global_step - 1)
-        return scheduled_momentum(step, self.trainer.estimated_stepping_batches, self.options.momentum)
-
-    def on_train_batch_end(self, outputs, batch, batch_idx):
-        super().on_train_batch_end(outputs, batch, batch_idx)
-        update_pairs(self.momentum_pairs(), self.current_momentum())
+    def after_step(self, step: int, total_steps: int) -> None:
+        super().after_step(step, total_steps)
+        self.momentum = scheduled_momentum(step, total_steps, self.options.momentum)
+        update_pairs(self.momentum_pairs(), self.momentum)

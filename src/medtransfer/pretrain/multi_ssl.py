@@ -3,9 +3,11 @@
 After PCRL (Zhou et al. 2021), which trains one encoder with contrastive and restorative objectives together; here
 any registered methods combine (REFERENCE: "a weighted sum of a contrastive and a restorative loss on the same
 backbone"). Every sub-method is built on the SAME backbone object, so its parameters are shared (and appear once in
-``self.parameters()``, which de-duplicates), while each sub-method's heads become submodules of this one. The
-registry is looked up when options are validated / the method is built, never at import, so methods registered
-later (restorative ones) can be combined without circular imports.
+``self.parameters()``, which de-duplicates), while each sub-method's heads become submodules of this one. Each
+sub-method's per-step and per-epoch hooks (momentum encoders, temperature warm-ups, first-epoch freezes) are forwarded
+to it, so it trains inside the combination exactly as it does alone. The registry is looked up when options are
+validated / the method is built, never at import, so methods registered later (restorative ones) can be combined
+without circular imports.
 
 The default, simclr 1.0 + rotation 1.0, is a placeholder until a restorative method is registered; PCRL's pairing
 is a contrastive and a restorative method (e.g. ``[{name: simclr}, {name: models_genesis}]``).
@@ -108,9 +110,18 @@ class MultiSSL(BaseMethod):
         self.last_partials = {key: loss.detach() for key, loss in partials.items()}
         return sum(w * loss for w, loss in zip(self.weights, partials.values()))
 
-    def training_step(self, batch, batch_idx):
-        loss = super().training_step(batch, batch_idx)
-        for key, value in self.last_partials.items():
-            self.log(f"pretrain/{key}_loss", value, on_step=False, on_epoch=True, batch_size=len(batch[0]),
-                     sync_dist=True)
-        return loss
+    def step_logs(self):
+        return {f"{key}_loss": value for key, value in self.last_partials.items()}
+
+    # every part keeps its own per-step and per-epoch behaviour (momentum encoders, warm-ups, freezes)
+    def after_backward(self):
+        for method in self.methods.values():
+            method.after_backward()
+
+    def after_step(self, step, total_steps):
+        for method in self.methods.values():
+            method.after_step(step, total_steps)
+
+    def on_epoch(self, epoch, total_epochs):
+        for method in self.methods.values():
+            method.on_epoch(epoch, total_epochs)

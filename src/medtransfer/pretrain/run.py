@@ -29,6 +29,7 @@ from medtransfer.models.checkpoint import read_metadata, save_backbone, sha256_f
 from medtransfer.models.factory import create_backbone
 from medtransfer.models.zoo import load_init, resolve_weights
 from medtransfer.pretrain import METHODS
+from medtransfer.pretrain.module import PretrainModule
 from medtransfer.pretrain.probe import OnlineProbe
 
 CHECKPOINT_NAME = "backbone.safetensors"
@@ -150,9 +151,10 @@ def pretrain(cfg: PretrainConfig, output: Path | None = None, verbose: bool = Fa
     check_data(cfg, data)
     probe = OnlineProbe(backbone.num_features, data.task, data.num_classes) if cfg.online_probe else None
     labels_info = {"task": data.task, "num_classes": data.num_classes} if method_cls.needs_labels else {}
-    method = method_cls(backbone, options, views=cfg.views, lr=cfg.lr, weight_decay=cfg.weight_decay,
-                        epochs=cfg.epochs, warmup_epochs=cfg.warmup_epochs, input_size=input_size, probe=probe,
+    method = method_cls(backbone, options, views=cfg.views, input_size=input_size, n_images=len(data.train),
                         **labels_info)
+    module = PretrainModule(method, lr=cfg.lr, weight_decay=cfg.weight_decay, epochs=cfg.epochs,
+                            warmup_epochs=cfg.warmup_epochs, probe=probe)
 
     # Labels travel only to the online probe (detached features) and to methods that train on them (supervised).
     with_labels = probe is not None or method_cls.needs_labels
@@ -175,7 +177,7 @@ def pretrain(cfg: PretrainConfig, output: Path | None = None, verbose: bool = Fa
                         num_sanity_val_steps=0, log_every_n_steps=1, **trainer_kwargs(cfg.hardware, data.spatial_dims))
     # our own checkpoint of this run (optimizer and loop state need full loading); never a downloaded file
     earlier_log = _read_log(output) if resume_from else None
-    trainer.fit(method, loader, val_loader, ckpt_path=resume_from, weights_only=False)
+    trainer.fit(module, loader, val_loader, ckpt_path=resume_from, weights_only=False)
     if earlier_log is not None and trainer.is_global_zero:
         _merge_log(output, earlier_log)
     if trainer.is_global_zero:

@@ -41,6 +41,7 @@ class SwAV(BaseMethod):
         self.prototypes = SwaVPrototypes(options.output_dim, options.n_prototypes)
         self.criterion = SwaVLoss(temperature=options.temperature, sinkhorn_iterations=options.sinkhorn_iterations,
                                   sinkhorn_epsilon=options.sinkhorn_epsilon, sinkhorn_gather_distributed=True)
+        self.on_epoch(0, 1)  # the state of the first epoch until a driver says otherwise
 
     def scores(self, x):
         """Similarities of the view's normalised projection to the prototypes (B, n_prototypes)."""
@@ -51,8 +52,12 @@ class SwAV(BaseMethod):
         self.prototypes.normalize()  # back onto the unit sphere before they are used (paper, every iteration)
         return self.criterion([self.scores(self.views(images)), self.scores(self.views(images))], [])
 
-    def on_after_backward(self):
-        super().on_after_backward()
-        if self.current_epoch < self.options.freeze_prototypes_epochs:
+    def on_epoch(self, epoch, total_epochs):
+        super().on_epoch(epoch, total_epochs)
+        self.prototypes_frozen = epoch < self.options.freeze_prototypes_epochs
+
+    def after_backward(self):
+        super().after_backward()
+        if self.prototypes_frozen:
             for p in self.prototypes.parameters():
                 p.grad = None  # AdamW skips parameters without a gradient: no update, no weight decay
