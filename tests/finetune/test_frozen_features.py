@@ -83,9 +83,40 @@ def test_feature_key_follows_mean_std_input_size_and_images(tiny2d, make_backbon
     assert len(keys) == 4 and key() == key()
 
 
-def test_augmented_or_ddp_linear_runs_keep_the_per_epoch_path(tiny2d, make_backbone, fast_train, cpu, tmp_path,
-                                                              count_extractions):
-    run(tiny2d, make_backbone(), fast_train.model_copy(update={"augment": "flip", "epochs": 1}), cpu, tmp_path)
+def test_augmented_linear_runs_keep_the_per_epoch_path_and_say_so(tiny2d, make_backbone, fast_train, cpu, tmp_path,
+                                                                   count_extractions, caplog):
+    with caplog.at_level("INFO", logger="medtransfer.finetune.frozen"):
+        run(tiny2d, make_backbone(), fast_train.model_copy(update={"augment": "flip", "epochs": 1}), cpu, tmp_path)
+    assert count_extractions == []
+    assert "linear: the frozen backbone runs every epoch: train.augment: flip" in caplog.text
+
+
+def test_a_depth_range_trains_on_its_cached_frozen_prefix_with_the_per_epoch_result(tiny2d, make_backbone, cpu,
+                                                                                    fast_train, tmp_path,
+                                                                                    count_extractions):
+    cfg = fast_train.model_copy(update={"dropout": 0.3})
+    per_epoch = run(tiny2d, make_backbone(seed=2), cfg, cpu, tmp_path / "a", strategy="q3", seed=2,
+                    frozen_features=False)
+    assert count_extractions == []
+    cached = run(tiny2d, make_backbone(seed=2), cfg, cpu, tmp_path / "b", strategy="q3", seed=2)
+    assert count_extractions == [1]
+    np.testing.assert_allclose(cached.predictions["scores"], per_epoch.predictions["scores"], atol=1e-5)
+    assert cached.metrics == pytest.approx(per_epoch.metrics, abs=1e-6)
+    assert cached.best_epoch == per_epoch.best_epoch
+    assert cached.trainable_params == per_epoch.trainable_params > 0
+
+
+def test_a_prefix_over_the_memory_limit_or_a_changing_freeze_keeps_the_per_epoch_path(
+        tiny2d, make_backbone, fast_train, cpu, tmp_path, count_extractions, caplog, monkeypatch):
+    from medtransfer.finetune import frozen
+    one_epoch = fast_train.model_copy(update={"epochs": 1})
+    monkeypatch.setattr(frozen, "MAX_PREFIX_BYTES", 1024)
+    with caplog.at_level("INFO", logger="medtransfer.finetune.frozen"):
+        run(tiny2d, make_backbone(), one_epoch, cpu, tmp_path / "a", strategy="q2")
+    assert "range 0.25-0.5: the frozen prefix (layer1.0 and below) runs every epoch" in caplog.text
+    assert "GiB limit" in caplog.text
+    run(tiny2d, make_backbone(), one_epoch, cpu, tmp_path / "b", strategy={"name": "warmup", "frozen_epochs": 1})
+    run(tiny2d, make_backbone(), one_epoch, cpu, tmp_path / "c", strategy="end_to_end")
     assert count_extractions == []
 
 
@@ -138,3 +169,11 @@ def test_knn_under_ddp_is_refused_before_any_work(tiny2d, make_backbone, fast_tr
     with pytest.raises(ConfigError, match="ddp"):
         run(tiny2d, make_backbone(), fast_train, HardwareConfig(accelerator="cpu", ddp=True), tmp_path,
             strategy="knn")
+
+
+def test_knn_on_a_segmentation_task_is_refused(make_backbone, fast_train):
+    from medtransfer.data.synthetic_seg import synthetic_seg2d
+    from medtransfer.finetune.segmentation import build_segmentation
+    data = synthetic_seg2d(size=16, n_train=4, n_val=2, n_test=2)
+    with pytest.raises(ConfigError, match="knn.*segmentation"):
+        build_segmentation(data, make_backbone(), parse_strategy("knn"), "stage", fast_train, "dice", False)

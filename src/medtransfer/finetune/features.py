@@ -2,9 +2,12 @@
 
 A linear probe or k-NN over a frozen backbone needs the backbone's output for every image, and that output never
 changes during the run: computing it once instead of every epoch saves (epochs - 1) passes over train and val.
+The same holds for a frozen *prefix* (the units below a trained depth range): its output maps are cached likewise
+and the trained rest of the network runs on them.
 An entry is keyed by everything that changes the numbers — the backbone's weights *as loaded* (a content hash, so
 a random init per seed and a re-exported checkpoint are told apart correctly), the images of each split (content
-hash), the input size, the depth view, the normalisation (mean/std), precision and memory format — and lives in
+hash), the input size, the depth view, what is cached (pooled features or the output of the first ``n`` steps),
+the normalisation (mean/std), precision and memory format — and lives in
 ``<cache root>/features/<key>/`` (``train.npy``, ``val.npy``, ``test.npy`` float32 and a readable
 ``meta.json``). It is written into a temporary folder and renamed into place, so a crash or a second process
 extracting the same key never leaves a half-written entry: whoever renames first wins, the other one's copy is
@@ -49,18 +52,28 @@ class FeatureSpec:
 
     input_size: tuple[int, ...]
     view: str
+    steps: int | None  # None: the pooled output of the whole backbone; n: the output map of its first n steps
     mean: float | tuple[float, ...]
     std: float | tuple[float, ...]
     precision: str
     channels_last: bool
 
     @classmethod
-    def of(cls, preprocess: Preprocess, input_size, view: str, precision: str, channels_last: bool):
+    def of(cls, preprocess: Preprocess, input_size, view: str, precision: str, channels_last: bool,
+           steps: int | None = None):
         def plain(v):  # mean/std may be scalars, sequences or tensors: the key needs plain, stable JSON
             return tuple(float(x) for x in torch.as_tensor(v).flatten()) if torch.as_tensor(v).numel() > 1 \
                 else float(torch.as_tensor(v))
-        return cls(tuple(int(s) for s in input_size), view, plain(preprocess.mean), plain(preprocess.std), precision,
-                   channels_last)
+        return cls(tuple(int(s) for s in input_size), view, steps, plain(preprocess.mean), plain(preprocess.std),
+                   precision, channels_last)
+
+    def encode(self, backbone: Backbone, x: torch.Tensor) -> torch.Tensor:
+        """What is cached for a normalised batch: pooled features, or the map after the first ``steps`` steps."""
+        if self.steps is None:
+            return backbone(x)
+        for step in backbone.steps[: self.steps]:
+            x = backbone.run_step(step, x)
+        return x
 
 
 def features_root() -> Path:
@@ -92,36 +105,36 @@ def feature_key(backbone: Backbone, data: ImageDataset, spec: FeatureSpec) -> tu
     meta = {"format": FORMAT_VERSION, "backbone": backbone.name, "small_stem": backbone.small_stem,
             "steps": [s.name for s in backbone.steps], "weights_sha256": weights_digest(backbone),
             "dataset": data.name, "images_sha256": {s: images_digest(getattr(data, s).images) for s in SPLITS},
-            "input_size": list(spec.input_size), "view": spec.view, "mean": spec.mean, "std": spec.std,
+            "input_size": list(spec.input_size), "view": spec.view, "cached_steps": spec.steps, "mean": spec.mean, "std": spec.std,
             "precision": spec.precision, "channels_last": spec.channels_last}
     return hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()[:32], meta
 
 
 class _Extractor(L.LightningModule):
-    def __init__(self, backbone: Backbone, preprocess: Preprocess, channels_last: bool):
+    def __init__(self, backbone: Backbone, preprocess: Preprocess, spec: FeatureSpec):
         super().__init__()
-        self.backbone, self.preprocess, self.channels_last = backbone, preprocess, channels_last
+        self.backbone, self.preprocess, self.spec = backbone, preprocess, spec
 
     def predict_step(self, batch, batch_idx):
         x = self.preprocess(batch[0], train=False)
-        if self.channels_last and x.ndim == 4:
+        if self.spec.channels_last and x.ndim == 4:
             x = x.contiguous(memory_format=torch.channels_last)
-        return self.backbone(x).float().cpu()
+        return self.spec.encode(self.backbone, x).float().cpu()
 
 
-def extract(backbone: Backbone, data: ImageDataset, preprocess: Preprocess, trainer_kwargs: dict,
-            channels_last: bool, batch_size: int) -> dict[str, np.ndarray]:
-    """Pooled backbone features (N, D) float32 of every image of every split, on one device, no augmentation."""
-    if channels_last:
+def extract(backbone: Backbone, data: ImageDataset, preprocess: Preprocess, spec: FeatureSpec, trainer_kwargs: dict,
+            batch_size: int) -> dict[str, np.ndarray]:
+    """``spec.encode`` float32 of every image of every split, on one device, eval mode, no augmentation."""
+    if spec.channels_last:
         backbone.to(memory_format=torch.channels_last)
     kwargs = {**trainer_kwargs, "devices": 1, "num_nodes": 1, "strategy": "auto"}
     trainer = L.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False, **kwargs)
-    module = _Extractor(backbone, preprocess, channels_last)
+    module = _Extractor(backbone, preprocess, spec)
     out = {}
     for split in SPLITS:
         images = torch.from_numpy(getattr(data, split).images)
         batches = trainer.predict(module, DataLoader(TensorDataset(images), batch_size=batch_size))
-        out[split] = torch.cat(batches).numpy().astype(np.float32, copy=False)
+        out[split] = np.ascontiguousarray(torch.cat(batches).numpy(), dtype=np.float32)  # channels_last: strided
     return out
 
 
@@ -134,7 +147,7 @@ def cached_features(backbone: Backbone, data: ImageDataset, preprocess: Preproce
     if stored is not None:
         log.info("frozen features: cache hit %s", folder)
         return stored
-    features = extract(backbone, data, preprocess, trainer_kwargs, spec.channels_last, batch_size)
+    features = extract(backbone, data, preprocess, spec, trainer_kwargs, batch_size)
     _store(folder, features, meta)
     log.info("frozen features: extracted once into %s", folder)
     return features

@@ -1,15 +1,19 @@
-"""Runs whose backbone stays frozen throughout (``linear``, ``knn``) work on features cached once (``features.py``).
+"""Frozen parts computed once: a backbone frozen throughout (``linear``, ``knn``) or a frozen prefix below trained
+units (``range``/``truncate`` starting above the stem) is run once over the images and cached (``features.py``).
 
 ``linear`` trains the same head with the same optimiser, schedule, seeded data order, model selection and test as
 the per-epoch path (``fit_and_test``); only its input changes from images to their cached features, so without
 augmentation the result is the same run, minus (epochs - 1) passes of the backbone over train and val. With
 augmentation the features of an image would differ every epoch, so such runs keep the per-epoch path (and their
-behaviour); so do DDP runs, whose processes would each extract. ``knn`` needs no training: its scores are
-neighbour votes (``strategies/knn.py``), on the same features.
+behaviour); so do DDP runs, whose processes would each extract. A frozen prefix is handled the same way — the
+trained units and the head run on its cached output maps — when those fit ``MAX_PREFIX_BYTES``. ``warmup``, whose
+frozen phase ends mid-run, always trains on images. ``knn`` needs no training: its scores are neighbour votes
+(``strategies/knn.py``), on the same pooled features.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 
@@ -19,14 +23,18 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from medtransfer.config import HardwareConfig, TrainConfig
-from medtransfer.data.base import ImageDataset
+from medtransfer.data.base import SPLITS, ImageDataset
 from medtransfer.errors import ConfigError
 from medtransfer.evaluate import compute_metrics
 from medtransfer.finetune.features import FeatureSpec, cached_features
 from medtransfer.finetune.module import FineTuner
 from medtransfer.finetune.strategies import Strategy
 from medtransfer.finetune.strategies.knn import KNN
+from medtransfer.models.backbones import Backbone, owns
 from medtransfer.models.heads import Classifier
+
+log = logging.getLogger(__name__)
+MAX_PREFIX_BYTES = 2 * 2**30  # cached prefix maps of all splits, float32, held in memory while training
 
 
 class _Passthrough(nn.Module):
@@ -36,10 +44,42 @@ class _Passthrough(nn.Module):
         return x
 
 
-def features_refusal(strategy: Strategy, train: TrainConfig, hardware: HardwareConfig,
-                     wanted: bool = True) -> str | None:
-    """Why a frozen-backbone run cannot use cached features (None: it can). k-NN has no other path."""
-    if isinstance(strategy, KNN):
+def cached_input_spec(strategy: Strategy, module: FineTuner, data: ImageDataset, input_size: tuple[int, ...],
+                      view: str, train: TrainConfig, hardware: HardwareConfig, wanted: bool) -> FeatureSpec | None:
+    """What this run trains on instead of images: the pooled features of a frozen backbone, the output maps of a
+    frozen prefix, or nothing (None: images every epoch, as before; the reason is logged in one line)."""
+    from medtransfer.finetune.train import trainer_kwargs
+
+    backbone = module.model.backbone
+    steps = None if strategy.frozen_backbone else frozen_prefix(strategy, backbone)
+    if steps == 0:
+        return None
+    refusal = _refusal(strategy, train, hardware, wanted)
+    if refusal is None and steps is not None:
+        size = _prefix_bytes(backbone, steps, sum(len(getattr(data, s)) for s in SPLITS))
+        if size > MAX_PREFIX_BYTES:
+            refusal = f"its output, {size / 2**30:.1f} GiB, exceeds the {MAX_PREFIX_BYTES / 2**30:g} GiB limit"
+    if refusal is not None:
+        what = "backbone" if steps is None else f"prefix ({backbone.steps[steps - 1].name} and below)"
+        log.info("%s: the frozen %s runs every epoch: %s", strategy.label(), what, refusal)
+        return None
+    precision = trainer_kwargs(hardware, data.spatial_dims)["precision"]
+    return FeatureSpec.of(module.preprocess, input_size, view, precision, module.channels_last, steps)
+
+
+def frozen_prefix(strategy: Strategy, backbone: Backbone) -> int:
+    """How many leading steps stay frozen for the whole run (0 where a strategy changes freezing mid-run)."""
+    if strategy.freezing_changes:
+        return 0
+    params = list(backbone.model.named_parameters())
+    for n, step in enumerate(backbone.steps):
+        if any(p.requires_grad for name, p in params if any(owns(pre, name) for pre in step.prefixes)):
+            return n
+    return len(backbone.steps)
+
+
+def _refusal(strategy: Strategy, train: TrainConfig, hardware: HardwareConfig, wanted: bool) -> str | None:
+    if isinstance(strategy, KNN):  # k-NN has no per-epoch path
         if hardware.ddp:
             raise ConfigError("hardware.ddp: true rejected for strategy knn: a k-NN vote is one pass over cached "
                               "features on one device; allowed: ddp: false")
@@ -47,34 +87,60 @@ def features_refusal(strategy: Strategy, train: TrainConfig, hardware: HardwareC
     if not wanted:
         return "frozen_features=False"
     if train.augment != "none":
-        return f"train.augment: {train.augment} changes every epoch's features"
+        return f"train.augment: {train.augment} changes its output every epoch"
     if hardware.ddp:
-        return "hardware.ddp: each process would extract the features"
+        return "hardware.ddp: each process would compute it"
     return None
 
 
-def fine_tune_on_features(data: ImageDataset, train_indices: np.ndarray, model: Classifier, module: FineTuner,
+@torch.no_grad()
+def _prefix_bytes(backbone: Backbone, steps: int, n_images: int) -> int:
+    """float32 bytes of the prefix's output for ``n_images``, measured on one blank image."""
+    was_training = backbone.training
+    x = torch.zeros(1, backbone.in_chans, *backbone.input_size)
+    for step in backbone.eval().steps[:steps]:
+        x = backbone.run_step(step, x)
+    backbone.train(was_training)
+    return x.numel() * 4 * n_images
+
+
+class _AfterPrefix(nn.Module):
+    """The classifier minus its frozen prefix: cached prefix maps in, logits out; same parameters in the same order
+    (so the optimiser is the same), and ``train()`` still reaches ``Classifier.train``, which holds frozen BatchNorm
+    in eval mode."""
+
+    def __init__(self, model: Classifier, start: int):
+        super().__init__()
+        self.model, self.start = model, start
+
+    def forward(self, x):
+        backbone = self.model.backbone
+        for step in backbone.steps[self.start:]:
+            x = backbone.run_step(step, x)
+        return self.model.head(backbone.pool(backbone.finish(x)))
+
+
+def fine_tune_on_features(data: ImageDataset, train_indices: np.ndarray, module: FineTuner, spec: FeatureSpec,
                           strategy: Strategy, train: TrainConfig, hardware: HardwareConfig, seed: int, workdir: Path,
-                          input_size: tuple[int, ...], view: str, verbose: bool):
-    """``fine_tune`` for a frozen backbone: ``model`` and ``module`` are the ones the per-epoch path would train
-    (the head already initialised by the seeded RNG), so both paths start from the same weights."""
+                          view: str, verbose: bool):
+    """``fine_tune`` on cached inputs: ``module`` is the one the per-epoch path would train (its head already
+    initialised by the seeded RNG), so both paths start from the same weights and draw the same random numbers."""
     from medtransfer.finetune.train import fit_and_test, resolve_monitor, trainer_kwargs, training_targets
 
+    model = module.model
     start = time.perf_counter()
     kwargs = trainer_kwargs(hardware, data.spatial_dims)
-    spec = FeatureSpec.of(module.preprocess, input_size, view, kwargs["precision"], module.channels_last)
-    devices = list(range(torch.cuda.device_count()))
-    with torch.random.fork_rng(devices=devices):  # extraction must not shift the RNG that dropout draws from
+    with torch.random.fork_rng(devices=range(torch.cuda.device_count())):  # dropout's RNG must not move
         features = cached_features(model.backbone, data, module.preprocess, spec, kwargs,
                                    batch_size=max(train.batch_size, 256))
     extracted = time.perf_counter() - start
     idx = np.asarray(train_indices)
     if isinstance(strategy, KNN):
         return _knn_result(data, features, idx, strategy, model, extracted)
-    targets = training_targets(data.train)
-    train_set = _feature_set(features["train"], targets, idx)
+    train_set = _feature_set(features["train"], training_targets(data.train), idx)
     val_set, test_set = (_feature_set(features[s], getattr(data, s).labels) for s in ("val", "test"))
-    head = FineTuner(model.head, data.task, strategy, view, train, _Passthrough())
+    trained = model.head if spec.steps is None else _AfterPrefix(model, spec.steps)
+    head = FineTuner(trained, data.task, strategy, view, train, _Passthrough(), channels_last=module.channels_last)
     result = fit_and_test(head, model, train_set, val_set, test_set, max(train.batch_size, 256), strategy, train,
                           hardware, seed, resolve_monitor(train, data.task), Path(workdir), data.spatial_dims, verbose)
     result.timings["features_s"] = extracted

@@ -7,7 +7,6 @@ on the checkpoint with the best validation score.
 
 from __future__ import annotations
 
-import logging
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -25,14 +24,12 @@ from medtransfer.data.base import ImageDataset, Split
 from medtransfer.data.transforms import Preprocess
 from medtransfer.errors import ConfigError, allowed
 from medtransfer.evaluate import LOWER_IS_BETTER, METRICS, SEGMENTATION_METRICS
-from medtransfer.finetune.frozen import features_refusal, fine_tune_on_features
+from medtransfer.finetune.frozen import cached_input_spec, fine_tune_on_features
 from medtransfer.finetune.module import FineTuner
 from medtransfer.finetune.segmentation import build_segmentation, segmentation_dataset
 from medtransfer.finetune.strategies import Strategy
 from medtransfer.models.backbones import Backbone
 from medtransfer.models.heads import Classifier
-
-log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -106,9 +103,9 @@ def fine_tune(data: ImageDataset, train_indices: np.ndarray, backbone: Backbone,
     """Fine-tune ``backbone`` (already initialised) on ``train_indices`` of ``data.train``; returns test metrics.
 
     The caller seeds before building the backbone; this function re-seeds so the head, data order and
-    augmentation are fixed by ``seed`` too. A backbone frozen for the whole run (``linear``, ``knn``) is run once
-    over the images and its cached features are used instead (``frozen.py``); ``frozen_features=False`` runs a
-    frozen ``linear`` backbone every epoch as before, for comparisons (``knn`` has no other path).
+    augmentation are fixed by ``seed`` too. A backbone or prefix frozen for the whole run (``linear``, ``knn``,
+    a depth range) is run once over the images and the rest trains on its cached output (``frozen.py``);
+    ``frozen_features=False`` runs frozen parts every epoch as before, for comparisons (``knn`` has no other path).
     """
     L.seed_everything(seed, workers=True, verbose=False)
     workdir = Path(workdir)
@@ -124,12 +121,11 @@ def fine_tune(data: ImageDataset, train_indices: np.ndarray, backbone: Backbone,
             model = model.to(memory_format=torch.channels_last)
         module = FineTuner(model, data.task, strategy, view, train, Preprocess(data.spatial_dims, size=input_size,
                            augment=train.augment), channels_last=channels_last)
-        if strategy.frozen_backbone:
-            refusal = features_refusal(strategy, train, hardware, frozen_features)
-            if refusal is None:
-                return fine_tune_on_features(data, train_indices, model, module, strategy, train, hardware, seed,
-                                             workdir, input_size or data.image_size, view, verbose)
-            log.info("%s: training on the frozen backbone every epoch (%s)", strategy.label(), refusal)
+        spec = cached_input_spec(strategy, module, data, input_size or data.image_size, view, train, hardware,
+                                 frozen_features)
+        if spec is not None:
+            return fine_tune_on_features(data, train_indices, module, spec, strategy, train, hardware, seed, workdir,
+                                         view, verbose)
     make_dataset = segmentation_dataset if segmentation else tensor_dataset
     train_set = make_dataset(data.train, train_indices) if segmentation else \
         tensor_dataset(data.train, train_indices, training=True)

@@ -24,6 +24,8 @@ class Strategy(BaseModel):
     name: str
     # True when no backbone parameter ever trains: its features are then computed once and cached (``frozen.py``)
     frozen_backbone: ClassVar[bool] = False
+    # True when ``callbacks`` (un)freeze units during the run: no frozen part may then be computed once
+    freezing_changes: ClassVar[bool] = False
 
     def label(self) -> str:
         """Short, unique text used in tables and run folders."""
