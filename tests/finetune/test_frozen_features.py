@@ -177,3 +177,23 @@ def test_knn_on_a_segmentation_task_is_refused(make_backbone, fast_train):
     data = synthetic_seg2d(size=16, n_train=4, n_val=2, n_test=2)
     with pytest.raises(ConfigError, match="knn.*segmentation"):
         build_segmentation(data, make_backbone(), parse_strategy("knn"), "stage", fast_train, "dice", False)
+
+
+def test_linear_and_knn_in_a_grid_share_one_extraction_and_store_results(tmp_path, cache_root, count_extractions):
+    from medtransfer.bench.runner import run_experiment
+    from medtransfer.bench.store import ResultStore
+    from medtransfer.config import ExperimentConfig, validate_config
+    grid = {"name": "frozen", "datasets": [{"name": "synthetic2d", "n_train": 60, "n_val": 30, "n_test": 30,
+                                            "size": 16}],
+            "backbone": {"name": "resnet_tiny"}, "inits": ["random"], "strategies": ["linear", "knn"],
+            "label_fractions": [1.0], "seeds": [0], "train": {"epochs": 1, "batch_size": 32},
+            "hardware": {"accelerator": "cpu"}}
+    summary = run_experiment(validate_config(grid, ExperimentConfig), tmp_path / "runs", progress=False)
+    assert (summary.done, summary.failed) == (2, [])
+    rows = ResultStore(tmp_path / "runs").rows()
+    assert sorted(rows["strategy"]) == ["knn k=20 T=0.07", "linear"]
+    assert rows["metric.auc"].between(0, 1).all()
+    assert count_extractions == [1]
+    with pytest.raises(ConfigError, match="ddp"):  # refused while preparing, before any run
+        run_experiment(validate_config({**grid, "hardware": {"accelerator": "cpu", "ddp": True}}, ExperimentConfig),
+                       tmp_path / "ddp", progress=False)

@@ -78,11 +78,16 @@ def frozen_prefix(strategy: Strategy, backbone: Backbone) -> int:
     return len(backbone.steps)
 
 
+def check_hardware(strategy: Strategy, hardware: HardwareConfig) -> None:
+    """k-NN has no per-epoch path to fall back on, and one pass on one device is all it needs: no DDP."""
+    if isinstance(strategy, KNN) and hardware.ddp:
+        raise ConfigError("hardware.ddp: true rejected for strategy knn: a k-NN vote is one pass over cached "
+                          "features on one device; allowed: ddp: false")
+
+
 def _refusal(strategy: Strategy, train: TrainConfig, hardware: HardwareConfig, wanted: bool) -> str | None:
-    if isinstance(strategy, KNN):  # k-NN has no per-epoch path
-        if hardware.ddp:
-            raise ConfigError("hardware.ddp: true rejected for strategy knn: a k-NN vote is one pass over cached "
-                              "features on one device; allowed: ddp: false")
+    if isinstance(strategy, KNN):
+        check_hardware(strategy, hardware)
         return None
     if not wanted:
         return "frozen_features=False"
