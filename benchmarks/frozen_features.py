@@ -4,11 +4,13 @@ The per-epoch path runs the frozen backbone over train and val every epoch; the 
 split (``medtransfer.finetune.features``) and trains the same head, with the same seed, order and selection, on the
 stored features. Both start from the same (seeded, random) ResNet-18 small-stem init. ``--fraction`` keeps that
 share of every split (same images for both paths), ``--epochs`` sets the schedule; the speed-up grows with epochs.
-Prints wall seconds and test/val AUC per path; the feature cache lives in a temporary folder, so the cached path
-pays its extraction.
+``--strategies`` compares other strategies the same way, e.g. ``q4``, whose frozen prefix (stem to layer3) is
+cached. Prints wall seconds and test/val AUC per path; the feature cache lives in a temporary folder, so the first
+cached run of each strategy pays its extraction.
 
     .venv/bin/python benchmarks/frozen_features.py                          # full PneumoniaMNIST, 10 epochs
     .venv/bin/python benchmarks/frozen_features.py --fraction 0.1 --epochs 10
+    .venv/bin/python benchmarks/frozen_features.py --fraction 0.05 --strategies q4
 """
 
 from __future__ import annotations
@@ -66,6 +68,7 @@ def main() -> None:
     parser.add_argument("--backbone", default="resnet18")
     parser.add_argument("--no-small-stem", dest="small_stem", action="store_false")
     parser.add_argument("--accelerator", default="auto", help="auto | cpu | gpu")
+    parser.add_argument("--strategies", default="linear", help="comma-separated, per epoch vs cached (knn beside)")
     parser.add_argument("--k", type=int, default=20, help="neighbours of the knn run")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
@@ -77,14 +80,19 @@ def main() -> None:
           f"{torch.get_num_threads()} threads, cuda={torch.cuda.is_available()}")
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["MEDTRANSFER_CACHE"] = str(Path(tmp) / "cache")  # an empty cache: extraction is paid once
-        rows = [("linear, per epoch", *timed_run(data, args, "linear", Path(tmp) / "a", frozen_features=False)),
-                ("linear, cached features (extracted)", *timed_run(data, args, "linear", Path(tmp) / "b")),
-                ("linear, cached features (cache hit)", *timed_run(data, args, "linear", Path(tmp) / "c")),
-                (f"knn k={args.k} (cache hit)", *timed_run(data, args, {"name": "knn", "k": args.k},
-                                                           Path(tmp) / "d"))]
-    base = rows[0][1]
+        rows = []
+        for strategy in args.strategies.split(","):
+            per_epoch = timed_run(data, args, strategy, Path(tmp) / f"{strategy}-a", frozen_features=False)
+            rows += [(f"{strategy}, per epoch", *per_epoch, per_epoch[0]),
+                     (f"{strategy}, cached (extracted)", *timed_run(data, args, strategy, Path(tmp) / f"{strategy}-b"),
+                      per_epoch[0]),
+                     (f"{strategy}, cached (cache hit)", *timed_run(data, args, strategy, Path(tmp) / f"{strategy}-c"),
+                      per_epoch[0])]
+        knn = timed_run(data, args, {"name": "knn", "k": args.k}, Path(tmp) / "knn")
+        paid = "cache hit" if "linear" in args.strategies.split(",") else "extracted"
+        rows.append((f"knn k={args.k} ({paid})", *knn, rows[0][-1]))
     print(f"{'path':38s} {'wall s':>8s} {'speed-up':>9s} {'test AUC':>9s} {'val AUC':>8s} {'best ep':>8s}")
-    for name, seconds, result in rows:
+    for name, seconds, result, base in rows:
         print(f"{name:38s} {seconds:8.1f} {base / seconds:8.1f}x {result.metrics['auc']:9.4f} "
               f"{result.val_metrics['auc']:8.4f} {result.best_epoch:8d}")
 

@@ -61,10 +61,7 @@ class FeatureSpec:
     @classmethod
     def of(cls, preprocess: Preprocess, input_size, view: str, precision: str, channels_last: bool,
            steps: int | None = None):
-        def plain(v):  # mean/std may be scalars, sequences or tensors: the key needs plain, stable JSON
-            return tuple(float(x) for x in torch.as_tensor(v).flatten()) if torch.as_tensor(v).numel() > 1 \
-                else float(torch.as_tensor(v))
-        return cls(tuple(int(s) for s in input_size), view, steps, plain(preprocess.mean), plain(preprocess.std),
+        return cls(tuple(int(s) for s in input_size), view, steps, _plain(preprocess.mean), _plain(preprocess.std),
                    precision, channels_last)
 
     def encode(self, backbone: Backbone, x: torch.Tensor) -> torch.Tensor:
@@ -76,6 +73,12 @@ class FeatureSpec:
         return x
 
 
+def _plain(value) -> float | tuple[float, ...]:
+    """mean/std as a scalar, sequence or tensor -> plain floats, so the key's JSON is stable."""
+    values = torch.as_tensor(value, dtype=torch.float64).flatten().tolist()
+    return values[0] if len(values) == 1 else tuple(values)
+
+
 def features_root() -> Path:
     return cache_root() / "features"
 
@@ -85,7 +88,7 @@ def weights_digest(backbone: Backbone) -> str:
     digest = hashlib.sha256()
     for name, tensor in sorted(backbone.model.state_dict().items()):
         digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
-        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
     return digest.hexdigest()
 
 
@@ -105,8 +108,8 @@ def feature_key(backbone: Backbone, data: ImageDataset, spec: FeatureSpec) -> tu
     meta = {"format": FORMAT_VERSION, "backbone": backbone.name, "small_stem": backbone.small_stem,
             "steps": [s.name for s in backbone.steps], "weights_sha256": weights_digest(backbone),
             "dataset": data.name, "images_sha256": {s: images_digest(getattr(data, s).images) for s in SPLITS},
-            "input_size": list(spec.input_size), "view": spec.view, "cached_steps": spec.steps, "mean": spec.mean, "std": spec.std,
-            "precision": spec.precision, "channels_last": spec.channels_last}
+            "input_size": list(spec.input_size), "view": spec.view, "cached_steps": spec.steps, "mean": spec.mean,
+            "std": spec.std, "precision": spec.precision, "channels_last": spec.channels_last}
     return hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()[:32], meta
 
 
