@@ -146,8 +146,8 @@ def fine_tune_on_features(data: ImageDataset, train_indices: np.ndarray, module:
     val_set, test_set = (_feature_set(features[s], getattr(data, s).labels) for s in ("val", "test"))
     trained = model.head if spec.steps is None else _AfterPrefix(model, spec.steps)
     head = FineTuner(trained, data.task, strategy, view, train, _Passthrough(), channels_last=module.channels_last)
-    result = fit_and_test(head, model, train_set, val_set, test_set, max(train.batch_size, 256), strategy, train,
-                          hardware, seed, resolve_monitor(train, data.task), Path(workdir), data.spatial_dims, verbose)
+    result = fit_and_test(head, model, data, train_set, val_set, test_set, max(train.batch_size, 256), strategy,
+                          train, hardware, seed, resolve_monitor(train, data.task), Path(workdir), verbose)
     result.timings["features_s"] = extracted
     return result
 

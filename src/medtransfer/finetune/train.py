@@ -130,17 +130,18 @@ def fine_tune(data: ImageDataset, train_indices: np.ndarray, backbone: Backbone,
     train_set = make_dataset(data.train, train_indices) if segmentation else \
         tensor_dataset(data.train, train_indices, training=True)
     eval_batch = train.batch_size if segmentation else max(train.batch_size, 256)  # whole images are big
-    return fit_and_test(module, model, train_set, make_dataset(data.val), make_dataset(data.test), eval_batch,
-                        strategy, train, hardware, seed, monitor, workdir, data.spatial_dims, verbose)
+    return fit_and_test(module, model, data, train_set, make_dataset(data.val), make_dataset(data.test), eval_batch,
+                        strategy, train, hardware, seed, monitor, workdir, verbose)
 
 
-def fit_and_test(module: L.LightningModule, model: torch.nn.Module, train_set, val_set, test_set, eval_batch: int,
-                 strategy: Strategy, train: TrainConfig, hardware: HardwareConfig, seed: int, monitor: str,
-                 workdir: Path, spatial_dims: int, verbose: bool) -> FineTuneResult:
+def fit_and_test(module: L.LightningModule, model: torch.nn.Module, data: ImageDataset, train_set, val_set, test_set,
+                 eval_batch: int, strategy: Strategy, train: TrainConfig, hardware: HardwareConfig, seed: int,
+                 monitor: str, workdir: Path, verbose: bool) -> FineTuneResult:
     """The loop every trained strategy shares: seeded sampling, selection on val, one test on the best checkpoint.
 
     ``model`` is the whole network, for the parameter counts; ``module`` is what Lightning trains (the whole
-    network, or only the head when its inputs are cached features).
+    network, or only what follows a cached frozen part); the ``*_set`` datasets hold ``data``'s images or their
+    cached features.
     """
     per_epoch = max(len(train_set), train.min_samples_per_epoch)
     generator = torch.Generator().manual_seed(seed)
@@ -159,7 +160,7 @@ def fit_and_test(module: L.LightningModule, model: torch.nn.Module, train_set, v
     trainer = L.Trainer(max_epochs=train.epochs, callbacks=callbacks, default_root_dir=workdir,
                         logger=CSVLogger(workdir, name="", version=""), enable_progress_bar=verbose,
                         enable_model_summary=False, num_sanity_val_steps=0, log_every_n_steps=1,
-                        **trainer_kwargs(hardware, spatial_dims))
+                        **trainer_kwargs(hardware, data.spatial_dims))
     start = time.perf_counter()
     trainer.fit(module, train_loader, DataLoader(val_set, batch_size=eval_batch))
     fitted = time.perf_counter()
