@@ -25,6 +25,7 @@ from medtransfer.config import ExperimentConfig, InitConfig, PretrainConfig, loa
 from medtransfer.data import ImageDataset, label_fraction_indices, load_dataset
 from medtransfer.data.fractions import describe_subset
 from medtransfer.errors import ConfigError
+from medtransfer.finetune.frozen import check_hardware
 from medtransfer.finetune.segmentation import build_segmentation, segmentation_input_size
 from medtransfer.finetune.train import fine_tune, resolve_monitor
 from medtransfer.models.checkpoint import load_backbone_weights, sha256_file
@@ -96,6 +97,7 @@ def prepare(cfg: ExperimentConfig) -> Prepared:
         for strategy in cfg.strategies:  # an unknown view or a range selecting no unit fails here, not mid-grid
             backbone = _build(cfg, prepared, label)
             strategy.prepare(backbone, view)
+            check_hardware(strategy, cfg.hardware)
             if data.task == "segmentation":  # e.g. fpn on a truncated encoder, bce on three classes
                 build_segmentation(data, backbone, strategy, view, cfg.train, monitor, channels_last=False)
         for fraction in cfg.label_fractions:

@@ -24,6 +24,7 @@ from medtransfer.errors import ConfigError
 from medtransfer.evaluate.segmentation import SEGMENTATION_METRICS, one_hot, per_image_scores, summarize
 from medtransfer.finetune.module import FineTuner
 from medtransfer.finetune.strategies import Strategy
+from medtransfer.finetune.strategies.knn import KNN
 from medtransfer.models.backbones import Backbone
 from medtransfer.models.segmentation import SegmentationModel
 
@@ -163,6 +164,9 @@ class SegmentationFineTuner(FineTuner):
 def build_segmentation(data: ImageDataset, backbone: Backbone, strategy: Strategy, view: str, train: TrainConfig,
                        monitor: str, channels_last: bool) -> tuple[SegmentationModel, SegmentationFineTuner]:
     """The model (backbone already prepared by the strategy) and its Lightning module, checked before training."""
+    if isinstance(strategy, KNN):
+        raise ConfigError(f"strategies: knn classifies whole images by neighbour votes; {data.name} is a "
+                          "segmentation task; allowed there: the trained strategies (end_to_end, linear, range, ...)")
     seg = train.segmentation
     loss = SegmentationLoss(seg.loss, data.num_classes)
     model = SegmentationModel(backbone, loss.num_outputs, seg.decoder)

@@ -26,6 +26,7 @@ from medtransfer.data.transforms import Preprocess
 from medtransfer.errors import ConfigError, allowed
 from medtransfer.evaluate import LOWER_IS_BETTER, METRICS, SEGMENTATION_METRICS
 from medtransfer.finetune.diagnostics import diagnose
+from medtransfer.finetune.frozen import cached_input_spec, fine_tune_on_features
 from medtransfer.finetune.module import FineTuner
 from medtransfer.finetune.segmentation import build_segmentation, segmentation_dataset
 from medtransfer.finetune.strategies import Strategy
@@ -100,11 +101,14 @@ def _uses_channels_last(hw: HardwareConfig, backbone: Backbone) -> bool:
 
 def fine_tune(data: ImageDataset, train_indices: np.ndarray, backbone: Backbone, strategy: Strategy, view: str,
               train: TrainConfig, hardware: HardwareConfig, seed: int, workdir: Path,
-              input_size: tuple[int, ...] | None = None, verbose: bool = False) -> FineTuneResult:
+              input_size: tuple[int, ...] | None = None, verbose: bool = False,
+              frozen_features: bool = True) -> FineTuneResult:
     """Fine-tune ``backbone`` (already initialised) on ``train_indices`` of ``data.train``; returns test metrics.
 
     The caller seeds before building the backbone; this function re-seeds so the head, data order and
-    augmentation are fixed by ``seed`` too.
+    augmentation are fixed by ``seed`` too. A backbone or prefix frozen for the whole run (``linear``, ``knn``,
+    a depth range) is run once over the images and the rest trains on its cached output (``frozen.py``);
+    ``frozen_features=False`` runs frozen parts every epoch as before, for comparisons (``knn`` has no other path).
     """
     L.seed_everything(seed, workers=True, verbose=False)
     workdir = Path(workdir)
@@ -120,17 +124,33 @@ def fine_tune(data: ImageDataset, train_indices: np.ndarray, backbone: Backbone,
             model = model.to(memory_format=torch.channels_last)
         module = FineTuner(model, data.task, strategy, view, train, Preprocess(data.spatial_dims, size=input_size,
                            augment=train.augment), channels_last=channels_last)
+        spec = cached_input_spec(strategy, module, data, input_size or data.image_size, view, train, hardware,
+                                 frozen_features)
+        if spec is not None:
+            return fine_tune_on_features(data, train_indices, module, spec, strategy, train, hardware, seed, workdir,
+                                         view, verbose)
     make_dataset = segmentation_dataset if segmentation else tensor_dataset
-
     train_set = make_dataset(data.train, train_indices) if segmentation else \
         tensor_dataset(data.train, train_indices, training=True)
+    eval_batch = train.batch_size if segmentation else max(train.batch_size, 256)  # whole images are big
+    return fit_and_test(module, model, data, train_set, make_dataset(data.val), make_dataset(data.test), eval_batch,
+                        strategy, train, hardware, seed, monitor, workdir, verbose)
+
+
+def fit_and_test(module: L.LightningModule, model: torch.nn.Module, data: ImageDataset, train_set, val_set, test_set,
+                 eval_batch: int, strategy: Strategy, train: TrainConfig, hardware: HardwareConfig, seed: int,
+                 monitor: str, workdir: Path, verbose: bool) -> FineTuneResult:
+    """The loop every trained strategy shares: seeded sampling, selection on val, one test on the best checkpoint.
+
+    ``model`` is the whole network, for the parameter counts; ``module`` is what Lightning trains (the whole
+    network, or only what follows a cached frozen part); the ``*_set`` datasets hold ``data``'s images or their
+    cached features.
+    """
     per_epoch = max(len(train_set), train.min_samples_per_epoch)
     generator = torch.Generator().manual_seed(seed)
     sampler = RandomSampler(train_set, num_samples=per_epoch, generator=generator)
     train_loader = DataLoader(train_set, batch_size=train.batch_size, sampler=sampler,
                               drop_last=per_epoch > train.batch_size)  # a size-1 last batch would break BatchNorm
-    eval_batch = train.batch_size if segmentation else max(train.batch_size, 256)  # whole images are big
-    eval_loader = lambda split: DataLoader(make_dataset(split), batch_size=eval_batch)  # noqa: E731
 
     mode = "min" if monitor in LOWER_IS_BETTER else "max"
     monitor = f"val/{monitor}"
@@ -145,14 +165,14 @@ def fine_tune(data: ImageDataset, train_indices: np.ndarray, backbone: Backbone,
                         enable_model_summary=False, num_sanity_val_steps=0, log_every_n_steps=1,
                         **trainer_kwargs(hardware, data.spatial_dims))
     start = time.perf_counter()
-    trainer.fit(module, train_loader, eval_loader(data.val))
+    trainer.fit(module, train_loader, DataLoader(val_set, batch_size=eval_batch))
     fitted = time.perf_counter()
     val_metrics = {k.removeprefix("val/"): float(v) for k, v in trainer.callback_metrics.items()
                    if k.startswith("val/")}
     log = _read_log(workdir / "metrics.csv")
     best_epoch = _best_epoch(log, monitor, mode)
-    trainer.test(module, eval_loader(data.test), ckpt_path=ckpt.best_model_path or None, verbose=False,
-                 weights_only=True)
+    trainer.test(module, DataLoader(test_set, batch_size=eval_batch), ckpt_path=ckpt.best_model_path or None,
+                 verbose=False, weights_only=True)
     tested = time.perf_counter()
     if not train.keep_checkpoints and trainer.is_global_zero:
         shutil.rmtree(workdir / "checkpoints", ignore_errors=True)

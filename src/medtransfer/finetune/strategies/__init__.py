@@ -8,6 +8,7 @@ from medtransfer.errors import ConfigError, allowed
 from medtransfer.finetune.strategies.base import Strategy
 from medtransfer.finetune.strategies.depth_range import DepthRangeStrategy
 from medtransfer.finetune.strategies.end_to_end import EndToEnd
+from medtransfer.finetune.strategies.knn import KNN
 from medtransfer.finetune.strategies.layerwise_lr import LayerwiseLRDecay
 from medtransfer.finetune.strategies.linear import Linear
 from medtransfer.finetune.strategies.truncate import Truncate
@@ -20,6 +21,7 @@ STRATEGIES: dict[str, type[Strategy]] = {
     "truncate": Truncate,
     "warmup": Warmup,
     "lwlr_decay": LayerwiseLRDecay,
+    "knn": KNN,
 }
 QUARTER_SHORTHANDS = {q: {"name": "range", "range": q} for q in ("q1", "q2", "q3", "q4")}
 

@@ -7,6 +7,8 @@ always refer to the *full* network's depth, before any truncation.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from pydantic import BaseModel, ConfigDict
 from torch import nn
 
@@ -20,6 +22,10 @@ class Strategy(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     name: str
+    # True when no backbone parameter ever trains: its features are then computed once and cached (``frozen.py``)
+    frozen_backbone: ClassVar[bool] = False
+    # True when ``callbacks`` (un)freeze units during the run: no frozen part may then be computed once
+    freezing_changes: ClassVar[bool] = False
 
     def label(self) -> str:
         """Short, unique text used in tables and run folders."""

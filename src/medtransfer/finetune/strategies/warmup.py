@@ -7,7 +7,7 @@ parameters sit in the optimizer from the start (Adam/SGD create no state for par
 keeps learning-rate schedulers consistent across the unfreeze.
 """
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 import lightning as L
 from pydantic import Field
@@ -17,6 +17,7 @@ from medtransfer.finetune.strategies.base import Strategy, freeze_units_except
 
 class Warmup(Strategy):
     name: Literal["warmup"] = "warmup"
+    freezing_changes: ClassVar[bool] = True
     frozen_epochs: int = Field(10, ge=1)
     backbone_lr_factor: float = Field(1.0, gt=0)
 
