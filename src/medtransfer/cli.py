@@ -9,6 +9,7 @@ from pathlib import Path
 from medtransfer import __version__
 from medtransfer.cli_zoo import add_zoo_parser
 from medtransfer.errors import MedtransferError
+from medtransfer.interrupts import Interrupted, signals_interrupt
 
 
 def _run(args) -> int:
@@ -187,12 +188,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
+        with signals_interrupt():  # Ctrl-C and SIGTERM reach here through Lightning, which would exit 1 or 0
+            return args.func(args)
     except MedtransferError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("\ninterrupted: finished runs are stored; run the same command again to continue", file=sys.stderr)
+    except (KeyboardInterrupt, Interrupted) as err:
+        how = f" by {err}" if isinstance(err, Interrupted) else ""
+        print(f"\ninterrupted{how}: finished work is stored; run the same command again to continue", file=sys.stderr)
         return 130
 
 

@@ -27,6 +27,7 @@ from medtransfer.data.fractions import describe_subset
 from medtransfer.errors import ConfigError
 from medtransfer.finetune.segmentation import build_segmentation, segmentation_input_size
 from medtransfer.finetune.train import fine_tune, resolve_monitor
+from medtransfer.interrupts import Interrupted
 from medtransfer.models.checkpoint import load_backbone_weights, sha256_file
 from medtransfer.models.factory import create_backbone
 from medtransfer.models.zoo import load_init, resolve_weights
@@ -185,9 +186,9 @@ def run_experiment(cfg: ExperimentConfig, folder: str | Path | None = None, verb
                                               segmentation[spec.dataset_label]), labels)
         try:
             result, indices = run_one(cfg, spec, prepared, store.run_dir(run_id), verbose)
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, Interrupted) as err:
             if writer:
-                store.fail(run_id, "interrupted by the user", status="interrupted")
+                store.fail(run_id, f"interrupted by {err or 'the user'}", status="interrupted")
             raise
         except Exception as err:  # noqa: BLE001 - one failed run must not stop the grid unless asked to
             if writer:
