@@ -33,7 +33,17 @@ def _run(args) -> int:
     for failure in summary.failed:
         print(f"  failed: {failure}", file=sys.stderr)
     print(f"results: {summary.folder.resolve()}")
+    _say_missing_folders(ResultStore(summary.folder, read_only=True))
     return 1 if summary.failed else 0
+
+
+def _say_missing_folders(store) -> None:
+    """Finished runs whose folder was deleted by hand keep their metrics, but the user should know what is gone."""
+    missing = store.missing_run_folders(store.rows(status=None))
+    if missing:
+        named = ", ".join(f"runs/{run_id[:16]}" for run_id in missing[:3]) + (", ..." if len(missing) > 3 else "")
+        print(f"note: {len(missing)} finished run(s) lost their folder ({named}): their metrics are kept and not "
+              "redone; their training logs (training curves) and test predictions are gone")
 
 
 def _pretrain(args) -> int:
@@ -55,10 +65,7 @@ def _results(args) -> int:
     from medtransfer.bench.store import ResultStore
     from medtransfer.report.tables import format_table, summary_table
 
-    folder = Path(args.folder)
-    if not (folder / "results.sqlite").exists():
-        raise MedtransferError(f"{folder}: no results.sqlite here; pass the experiment folder printed by 'run'")
-    store = ResultStore(folder)
+    store = ResultStore(args.folder, read_only=True)
     rows = store.rows()
     if not len(rows):
         print("no finished runs yet")
@@ -71,13 +78,16 @@ def _results(args) -> int:
     unfinished = unfinished[unfinished["status"] != "done"]
     if len(unfinished):
         print(f"\nunfinished: {unfinished['status'].value_counts().to_dict()} (run the experiment again to redo)")
+    _say_missing_folders(store)
     return 0
 
 
 def _report(args) -> int:
+    from medtransfer.bench.store import ResultStore
     from medtransfer.report import report_folder
 
     print(f"report: {report_folder(args.folder, args.output, args.metric, args.baseline).resolve()}")
+    _say_missing_folders(ResultStore(args.folder, read_only=True))
     return 0
 
 
