@@ -33,7 +33,7 @@ def _run(args) -> int:
     for failure in summary.failed:
         print(f"  failed: {failure}", file=sys.stderr)
     print(f"results: {summary.folder.resolve()}")
-    _say_missing_folders(ResultStore(summary.folder, read_only=True))
+    _say_missing_folders(ResultStore(summary.folder))
     return 1 if summary.failed else 0
 
 

@@ -26,7 +26,8 @@ _SQLITE_HINTS = (
                        "restore a copy, or move it away to start a new store"),
     ("malformed", "the database is corrupt; it is left as it is: restore a copy, or move it away to start anew"),
     ("disk is full", "the disk is full: free some space and run the same command again"),
-    ("disk i/o", "the disk reported an I/O error: check the disk, then run the same command again"),
+    ("disk i/o", "the disk reported an I/O error (full, or failing): free some space or check the disk, then run "
+                 "the same command again"),
     ("locked", "another process held its lock for longer than the timeout: run again when that one is done"),
 )
 _OS_HINTS = {
