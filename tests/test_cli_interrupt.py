@@ -89,3 +89,17 @@ def test_pretrain_stops_with_130_and_keeps_its_resume_state(tmp_path):
     assert code == 130 and len(err) == 1 and err[0].startswith("interrupted by SIGINT: "), err
     assert (tmp_path / "pre" / "lightning" / "last.ckpt").exists()
     assert not (tmp_path / "pre" / "backbone.safetensors").exists()
+
+
+def test_only_the_first_signal_raises_and_the_handlers_are_restored():
+    from medtransfer.interrupts import Interrupted, signals_interrupt
+
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    with pytest.raises(Interrupted, match="SIGTERM"), signals_interrupt():
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)  # the handler raises before this ends
+        finally:  # recording the first interruption: a second signal must not cut it short
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.1)
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
