@@ -73,7 +73,10 @@ def _results(args) -> int:
         summary = summary_table(rows, args.metric)
         print(format_table(summary, args.metric))
         if args.csv:
-            summary.to_csv(args.csv, index=False)
+            try:
+                summary.to_csv(args.csv, index=False)
+            except OSError as err:
+                raise MedtransferError(f"--csv: cannot write {args.csv} ({err.strerror or err})") from err
     unfinished = store.rows(status=None)
     unfinished = unfinished[unfinished["status"] != "done"]
     if len(unfinished):
@@ -86,7 +89,12 @@ def _report(args) -> int:
     from medtransfer.bench.store import ResultStore
     from medtransfer.report import report_folder
 
-    print(f"report: {report_folder(args.folder, args.output, args.metric, args.baseline).resolve()}")
+    try:
+        path = report_folder(args.folder, args.output, args.metric, args.baseline)
+    except OSError as err:  # e.g. FOLDER/report inside a read-only experiment folder
+        raise MedtransferError(f"{err.filename or args.output}: cannot write the report ({err.strerror or err}); "
+                               "pass --output to write it elsewhere") from err
+    print(f"report: {path.resolve()}")
     _say_missing_folders(ResultStore(args.folder, read_only=True))
     return 0
 

@@ -107,6 +107,24 @@ def test_a_read_only_store_is_read_but_never_written(finished, tmp_path, capsys,
     assert digest(store) == before
 
 
+def test_report_into_a_read_only_folder_and_a_new_folder_under_one_are_one_error_line(finished, tmp_path, capsys,
+                                                                                      read_only):
+    folder, experiment = finished
+    read_only(folder)
+    assert main(["report", str(folder)]) == 2  # its default output, FOLDER/report, cannot be created
+    assert "cannot write the report" in one_error_line(capsys)
+    assert main(["run", str(experiment), "--output", str(folder / "new"), "--no-progress"]) == 2
+    assert "cannot create the experiment folder" in one_error_line(capsys)
+    assert not (folder / "new").exists() and not (folder / "report").exists()
+
+
+def test_an_empty_file_named_results_sqlite_is_not_a_store(tmp_path, capsys):
+    (tmp_path / "results.sqlite").touch()
+    assert main(["results", str(tmp_path)]) == 2
+    assert "holds no results yet" in one_error_line(capsys)
+    assert (tmp_path / "results.sqlite").stat().st_size == 0
+
+
 def test_output_that_is_a_file_is_one_error_line(finished, tmp_path, capsys):
     _, experiment = finished
     (tmp_path / "a_file").write_text("not a folder")

@@ -145,9 +145,11 @@ class ResultStore:
                 con.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     def _check_version(self, version: int, accepted: tuple[int, ...]) -> None:
+        if version == 0 and 0 not in accepted:
+            raise StoreError(f"{self.path} holds no results yet; pass the experiment folder printed by 'run'")
         if version not in accepted:
             raise StoreError(f"{self.path} has schema version {version}; this medtransfer reads version "
-                             f"{SCHEMA_VERSION}" + ("" if version else " (this file holds no results yet)"))
+                             f"{SCHEMA_VERSION}")
 
     def _connect(self) -> sqlite3.Connection:
         # autocommit mode: transactions are opened explicitly in _transaction
