@@ -92,8 +92,9 @@ def _report(args) -> int:
     try:
         path = report_folder(args.folder, args.output, args.metric, args.baseline)
     except OSError as err:  # e.g. FOLDER/report inside a read-only experiment folder
-        raise MedtransferError(f"{err.filename or args.output}: cannot write the report ({err.strerror or err}); "
-                               "pass --output to write it elsewhere") from err
+        where = err.filename or args.output or Path(args.folder) / "report"
+        raise MedtransferError(f"{where}: cannot write the report ({err.strerror or err}); pass --output to write it "
+                               "elsewhere") from err
     print(f"report: {path.resolve()}")
     _say_missing_folders(ResultStore(args.folder, read_only=True))
     return 0
