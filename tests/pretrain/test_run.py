@@ -11,6 +11,7 @@ from medtransfer.config import PretrainConfig, validate_config
 from medtransfer.data.transforms import IntensityWindow, MedicalViews
 from medtransfer.errors import CheckpointError, ConfigError
 from medtransfer.models.checkpoint import read_metadata
+from medtransfer.models.factory import create_backbone
 from medtransfer.pretrain import METHODS
 from medtransfer.pretrain.run import pretrain
 from medtransfer.pretrain.simclr import SimCLR
@@ -157,3 +158,21 @@ def test_the_cli_refuses_a_planted_resume_state_in_one_line_and_no_resume_starts
     assert not marker.exists()
     assert main(["pretrain", str(tmp_path / "pre.yaml"), "--output", str(out), "--no-resume"]) == 0
     assert (out / "backbone.safetensors").exists() and not marker.exists()
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_every_method_resume_state_is_readable_without_unpickling_code(name, tmp_path, monkeypatch):
+    """A genuine resume state must pass the weights_only=True check that refuses planted ones: a method that put,
+    say, a config object into its checkpoint would otherwise have its own resume refused."""
+    from medtransfer.pretrain import run
+
+    def stop(*args, **kwargs):
+        raise RuntimeError("stopped after the epoch's checkpoint")
+
+    monkeypatch.setattr(run, "save_backbone", stop)  # keeps lightning/last.ckpt, as an interrupted run does
+    backbone = "vit_micro" if METHODS[name].unsupported(create_backbone("resnet_tiny", 1, (16, 16))) else "resnet_tiny"
+    cfg = config(method=name, epochs=1, backbone={"name": backbone}, data={**TINY, "n_train": 32},
+                 batch_size=16, online_probe=True)  # the probe's head is resume state too
+    with pytest.raises(RuntimeError, match="stopped"):
+        pretrain(cfg, tmp_path, resume=False)
+    run._check_resume_state(tmp_path / "lightning" / "last.ckpt")
