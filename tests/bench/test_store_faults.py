@@ -171,6 +171,26 @@ def test_a_full_disk_stops_the_grid_with_one_line_and_keeps_finished_runs(finish
     assert (rows["status"] == "done").sum() >= 4  # the earlier runs, plus those that fitted before the disk filled
 
 
+def test_a_run_failing_on_a_full_disk_stops_the_grid(finished, tmp_path, capsys, monkeypatch):
+    """Training that fills the disk fails inside a library (torch's checkpoint writer, Lightning's CSV log); the grid
+    stops there instead of failing every later run the same way."""
+    import medtransfer.bench.store_faults as store_faults
+
+    folder, experiment = finished
+
+    def no_space(*args, **kwargs):
+        raise RuntimeError("PytorchStreamWriter failed writing file data/0: file write failed")
+
+    monkeypatch.setattr(runner, "fine_tune", no_space)
+    monkeypatch.setattr(store_faults.shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**9, 10**9, 0))
+    experiment.write_text(yaml.safe_dump({**EXPERIMENT, "seeds": [2, 3]}))
+    assert main(["run", str(experiment), "--output", str(folder), "--no-progress"]) == 2
+    line = one_error_line(capsys)
+    assert "the disk is full (0 bytes left) and a run failed (RuntimeError: PytorchStreamWriter" in line
+    rows = ResultStore(folder, read_only=True).rows(status=None)
+    assert sorted(rows["status"]) == ["done"] * 4 + ["failed"]  # stopped after the first failure
+
+
 def test_a_deleted_run_folder_is_named_and_its_result_kept(finished, tmp_path, capsys):
     folder, experiment = finished
     rows = ResultStore(folder, read_only=True).rows()

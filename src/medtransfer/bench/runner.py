@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from medtransfer.bench.grid import RunSpec, dataset_labels, expand
 from medtransfer.bench.store import ResultStore
+from medtransfer.bench.store_faults import stop_if_disk_full
 from medtransfer.config import ExperimentConfig, InitConfig, PretrainConfig, load_config
 from medtransfer.data import ImageDataset, label_fraction_indices, load_dataset
 from medtransfer.data.fractions import describe_subset
@@ -196,6 +197,7 @@ def run_experiment(cfg: ExperimentConfig, folder: str | Path | None = None, verb
             failed.append(f"{labels}: {err}")
             if fail_fast:
                 raise
+            stop_if_disk_full(store.folder, err)  # else every later run would fail the same way
             continue
         if writer:
             data = prepared.data[spec.dataset_label]

@@ -9,6 +9,7 @@ is one transaction, rolled back on error, and nothing here deletes, repairs or r
 from __future__ import annotations
 
 import errno
+import shutil
 import sqlite3
 from contextlib import closing, contextmanager
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import Iterator
 
 from medtransfer.errors import StoreError
 
+MIN_FREE_BYTES = 1 << 20  # below this a run cannot write its checkpoint, log or predictions
 READ_ONLY_HINT = "'results' and 'report' can still read it"
 # (words of sqlite3's message, what it means for the user); the first match wins
 _SQLITE_HINTS = (
@@ -68,3 +70,15 @@ def read_only_uri(path: Path) -> str:
     except sqlite3.DatabaseError:  # not a database: reported by the caller's first read
         pass
     return uri
+
+
+def stop_if_disk_full(folder: Path, err: BaseException) -> None:
+    """Raise StoreError when a run failed and the experiment folder's disk is full: that is no fault of the run, and
+    every later run of the grid would fail the same way. The free space decides, because the run's own error need
+    not say ENOSPC (libraries wrap it in their own errors)."""
+    free = shutil.disk_usage(folder).free
+    if free < MIN_FREE_BYTES:
+        first = (str(err).strip().splitlines() or [""])[0]
+        raise StoreError(f"{folder}: the disk is full ({free} bytes left) and a run failed ({type(err).__name__}: "
+                         f"{first}): free some space and run the same command again; results stored so far are "
+                         "kept") from err
