@@ -9,6 +9,7 @@ from pathlib import Path
 from medtransfer import __version__
 from medtransfer.cli_zoo import add_zoo_parser
 from medtransfer.errors import MedtransferError
+from medtransfer.interrupts import Interrupted, signals_interrupt
 
 
 def _run(args) -> int:
@@ -37,7 +38,17 @@ def _run(args) -> int:
     for failure in summary.failed:
         print(f"  failed: {failure}", file=sys.stderr)
     print(f"results: {summary.folder.resolve()}")
+    _say_missing_folders(ResultStore(summary.folder))
     return 1 if summary.failed else 0
+
+
+def _say_missing_folders(store) -> None:
+    """Finished runs whose folder was deleted by hand keep their metrics, but the user should know what is gone."""
+    missing = store.missing_run_folders(store.rows(status=None))
+    if missing:
+        named = ", ".join(f"runs/{run_id[:16]}" for run_id in missing[:3]) + (", ..." if len(missing) > 3 else "")
+        print(f"note: {len(missing)} finished run(s) lost their folder ({named}): their metrics are kept and not "
+              "redone; their training logs (training curves) and test predictions are gone")
 
 
 def _pretrain(args) -> int:
@@ -61,10 +72,8 @@ def _results(args) -> int:
     from medtransfer.report.integrity import format_warnings, select_config
     from medtransfer.report.tables import format_table, summary_table
 
-    folder = Path(args.folder)
-    if not (folder / "results.sqlite").exists():
-        raise MedtransferError(f"{folder}: no results.sqlite here; pass the experiment folder printed by 'run'")
-    rows = ResultStore(folder).rows(status=None)  # all runs: they tell the folder's experiments apart
+    store = ResultStore(args.folder, read_only=True)
+    rows = store.rows(status=None)  # all runs: they tell the folder's experiments apart
     if args.config:
         rows = select_config(rows, args.config)
     if not len(finished_runs(rows)):
@@ -73,20 +82,32 @@ def _results(args) -> int:
         summary = summary_table(rows, args.metric)
         print(format_table(summary, args.metric))
         if args.csv:
-            summary.to_csv(args.csv, index=False)
+            try:
+                summary.to_csv(args.csv, index=False)
+            except OSError as err:
+                raise MedtransferError(f"--csv: cannot write {args.csv} ({err.strerror or err})") from err
     listed = format_warnings(rows)
     if listed:
         print("\n" + listed)
     unfinished = rows[rows["status"] != "done"]
     if len(unfinished):
         print(f"\nunfinished: {unfinished['status'].value_counts().to_dict()} (run the experiment again to redo)")
+    _say_missing_folders(store)
     return 0
 
 
 def _report(args) -> int:
+    from medtransfer.bench.store import ResultStore
     from medtransfer.report import report_folder
 
-    print(f"report: {report_folder(args.folder, args.output, args.metric, args.baseline, args.config).resolve()}")
+    try:
+        path = report_folder(args.folder, args.output, args.metric, args.baseline, args.config)
+    except OSError as err:  # e.g. FOLDER/report inside a read-only experiment folder
+        where = err.filename or args.output or Path(args.folder) / "report"
+        raise MedtransferError(f"{where}: cannot write the report ({err.strerror or err}); pass --output to write it "
+                               "elsewhere") from err
+    print(f"report: {path.resolve()}")
+    _say_missing_folders(ResultStore(args.folder, read_only=True))
     return 0
 
 
@@ -211,12 +232,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
+        with signals_interrupt():  # Ctrl-C and SIGTERM reach here through Lightning, which would exit 1 or 0
+            return args.func(args)
     except MedtransferError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("\ninterrupted: finished runs are stored; run the same command again to continue", file=sys.stderr)
+    except (KeyboardInterrupt, Interrupted) as err:
+        how = f" by {err}" if isinstance(err, Interrupted) else ""
+        print(f"\ninterrupted{how}: finished work is stored; run the same command again to continue", file=sys.stderr)
         return 130
 
 

@@ -17,6 +17,10 @@ class CheckpointError(MedtransferError, ValueError):
     """A checkpoint cannot be read safely or does not fit the backbone it is loaded into."""
 
 
+class StoreError(MedtransferError):
+    """The results store cannot be read or written (read-only, corrupt, disk full, not a folder)."""
+
+
 def allowed(names) -> str:
     """Render the allowed values of a key for an error message."""
     return ", ".join(sorted(str(n) for n in names))

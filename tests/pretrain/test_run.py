@@ -1,5 +1,7 @@
 """pretrain(): resume (continue the same run) vs init (start a new one), the online probe, windowed views."""
 
+import pickle
+
 import lightning as L
 import pandas as pd
 import pytest
@@ -7,8 +9,9 @@ import torch
 
 from medtransfer.config import PretrainConfig, validate_config
 from medtransfer.data.transforms import IntensityWindow, MedicalViews
-from medtransfer.errors import ConfigError
+from medtransfer.errors import CheckpointError, ConfigError
 from medtransfer.models.checkpoint import read_metadata
+from medtransfer.models.factory import create_backbone
 from medtransfer.pretrain import METHODS
 from medtransfer.pretrain.run import pretrain
 from medtransfer.pretrain.simclr import SimCLR
@@ -120,3 +123,69 @@ def test_label_dependent_parts_are_refused_on_unlabelled_images_before_training(
     with pytest.raises(ConfigError, match=match):
         pretrain(config(**changes), tmp_path)
     assert not any(tmp_path.iterdir())  # nothing trained, nothing written
+
+
+class PlantedCode:
+    """What an attacker would plant: unpickling it calls os.mkdir(marker) (any code could run instead)."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        import os
+        return os.mkdir, (self.marker,)
+
+
+@pytest.mark.parametrize("resume", [True, "auto"])
+def test_a_planted_resume_state_is_refused_without_running_its_code(tmp_path, resume):
+    from medtransfer.bench.store import config_hash
+    from medtransfer.pretrain.run import resolved_pretrain_config
+
+    cfg, marker = config(), tmp_path / "marker"
+    (tmp_path / "out" / "lightning").mkdir(parents=True)
+    (tmp_path / "out" / "lightning" / "config_hash").write_text(config_hash(resolved_pretrain_config(cfg)))
+    torch.save({"state_dict": {}, "epoch": 1, "loops": PlantedCode(marker)}, tmp_path / "out/lightning/last.ckpt")
+    refused = r"last\.ckpt: refused as resume state.*it pickles posix\.mkdir.*delete .*lightning"
+    with pytest.raises(CheckpointError, match=refused):
+        pretrain(cfg, tmp_path / "out", resume=resume)
+    assert not marker.exists()
+    assert not (tmp_path / "out" / "backbone.safetensors").exists()
+
+
+def test_the_cli_refuses_a_planted_resume_state_in_one_line_and_no_resume_starts_over(tmp_path, capsys):
+    import yaml
+
+    from medtransfer.bench.store import config_hash
+    from medtransfer.cli import main
+    from medtransfer.pretrain.run import resolved_pretrain_config
+
+    cfg, marker, out = config(epochs=1), tmp_path / "marker", tmp_path / "out"
+    (tmp_path / "pre.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json", exclude={"output"})))
+    (out / "lightning").mkdir(parents=True)
+    (out / "lightning" / "config_hash").write_text(config_hash(resolved_pretrain_config(cfg)))
+    with open(out / "lightning" / "last.ckpt", "wb") as f:  # a plain pickle, not torch's zip format
+        pickle.dump({"epoch": PlantedCode(marker)}, f)
+    assert main(["pretrain", str(tmp_path / "pre.yaml"), "--output", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "refused as resume state" in err[0], err
+    assert not marker.exists()
+    assert main(["pretrain", str(tmp_path / "pre.yaml"), "--output", str(out), "--no-resume"]) == 0
+    assert (out / "backbone.safetensors").exists() and not marker.exists()
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_every_method_resume_state_is_readable_without_unpickling_code(name, tmp_path, monkeypatch):
+    """A genuine resume state must pass the weights_only=True check that refuses planted ones: a method that put,
+    say, a config object into its checkpoint would otherwise have its own resume refused."""
+    from medtransfer.pretrain import run
+
+    def stop(*args, **kwargs):
+        raise RuntimeError("stopped after the epoch's checkpoint")
+
+    monkeypatch.setattr(run, "save_backbone", stop)  # keeps lightning/last.ckpt, as an interrupted run does
+    backbone = "vit_micro" if METHODS[name].unsupported(create_backbone("resnet_tiny", 1, (16, 16))) else "resnet_tiny"
+    cfg = config(method=name, epochs=1, backbone={"name": backbone}, data={**TINY, "n_train": 32},
+                 batch_size=16, online_probe=True)  # the probe's head is resume state too
+    with pytest.raises(RuntimeError, match="stopped"):
+        pretrain(cfg, tmp_path, resume=False)
+    run._check_resume_state(tmp_path / "lightning" / "last.ckpt")

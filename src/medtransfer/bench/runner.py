@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from medtransfer.bench.grid import RunSpec, dataset_labels, expand
 from medtransfer.bench.store import ResultStore
+from medtransfer.bench.store_faults import stop_if_disk_full
 from medtransfer.config import ExperimentConfig, InitConfig, PretrainConfig, load_config
 from medtransfer.data import ImageDataset, label_fraction_indices, load_dataset
 from medtransfer.data.fractions import describe_subset
@@ -28,6 +29,7 @@ from medtransfer.errors import ConfigError
 from medtransfer.finetune.frozen import check_hardware
 from medtransfer.finetune.segmentation import build_segmentation, segmentation_input_size
 from medtransfer.finetune.train import fine_tune, resolve_monitor
+from medtransfer.interrupts import Interrupted
 from medtransfer.models.checkpoint import load_backbone_weights, sha256_file
 from medtransfer.models.factory import create_backbone
 from medtransfer.models.zoo import load_init, resolve_weights
@@ -187,9 +189,9 @@ def run_experiment(cfg: ExperimentConfig, folder: str | Path | None = None, verb
                                               segmentation[spec.dataset_label]), labels)
         try:
             result, indices = run_one(cfg, spec, prepared, store.run_dir(run_id), verbose)
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, Interrupted) as err:
             if writer:
-                store.fail(run_id, "interrupted by the user", status="interrupted")
+                store.fail(run_id, f"interrupted by {err or 'the user'}", status="interrupted")
             raise
         except Exception as err:  # noqa: BLE001 - one failed run must not stop the grid unless asked to
             if writer:
@@ -197,6 +199,7 @@ def run_experiment(cfg: ExperimentConfig, folder: str | Path | None = None, verb
             failed.append(f"{labels}: {err}")
             if fail_fast:
                 raise
+            stop_if_disk_full(store.folder, err)  # else every later run would fail the same way
             continue
         if writer:
             data = prepared.data[spec.dataset_label]

@@ -27,7 +27,8 @@ from typing import Any, Iterator
 import numpy as np
 import pandas as pd
 
-from medtransfer.errors import MedtransferError, allowed
+from medtransfer.bench.store_faults import read_only_uri, store_errors
+from medtransfer.errors import StoreError, allowed
 
 SCHEMA_VERSION = 1
 STATUSES = ("running", "done", "failed", "interrupted")
@@ -119,37 +120,54 @@ def _git_commit() -> str | None:
 class ResultStore:
     """The runs of one experiment folder, shared safely between processes."""
 
-    def __init__(self, folder: str | Path, timeout: float = 60.0):
+    def __init__(self, folder: str | Path, timeout: float = 60.0, read_only: bool = False):
+        """``read_only`` opens an existing store without ever writing it (``results``, ``report``), also where the
+        file or folder is read-only; otherwise the folder and store are created when missing."""
         self.folder = Path(folder)
-        self.folder.mkdir(parents=True, exist_ok=True)
         self.path = self.folder / "results.sqlite"
         self.timeout = timeout
-        with closing(self._connect()) as con:
-            con.execute("PRAGMA journal_mode=WAL")  # persistent; must run outside a transaction
-        with self._transaction() as con:
-            version = con.execute("PRAGMA user_version").fetchone()[0]
-            if version not in (0, SCHEMA_VERSION):
-                raise MedtransferError(
-                    f"{self.path} has schema version {version}; this medtransfer reads version {SCHEMA_VERSION}"
-                )
-            con.execute(_SCHEMA)
-            con.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        self._uri = None
+        if read_only:
+            if not self.path.is_file():
+                raise StoreError(f"{self.folder}: no results.sqlite here; pass the experiment folder printed by 'run'")
+            self._uri = read_only_uri(self.path)
+            with store_errors(self.path, "read the results store"), closing(self._connect()) as con:
+                self._check_version(con.execute("PRAGMA user_version").fetchone()[0], (SCHEMA_VERSION,))
+            return
+        with store_errors(self.folder, "create the experiment folder"):
+            self.folder.mkdir(parents=True, exist_ok=True)
+        with store_errors(self.path, "write the results store"):
+            with closing(self._connect()) as con:
+                con.execute("PRAGMA journal_mode=WAL")  # persistent; must run outside a transaction
+            with self._transaction() as con:
+                self._check_version(con.execute("PRAGMA user_version").fetchone()[0], (0, SCHEMA_VERSION))
+                con.execute(_SCHEMA)
+                con.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    def _check_version(self, version: int, accepted: tuple[int, ...]) -> None:
+        if version == 0 and 0 not in accepted:
+            raise StoreError(f"{self.path} holds no results yet; pass the experiment folder printed by 'run'")
+        if version not in accepted:
+            raise StoreError(f"{self.path} has schema version {version}; this medtransfer reads version "
+                             f"{SCHEMA_VERSION}")
 
     def _connect(self) -> sqlite3.Connection:
         # autocommit mode: transactions are opened explicitly in _transaction
-        con = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None)
+        con = sqlite3.connect(self._uri or self.path, uri=self._uri is not None, timeout=self.timeout,
+                              isolation_level=None)
         con.row_factory = sqlite3.Row
         return con
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
         """One write transaction; IMMEDIATE takes the write lock up front so read-check-write is atomic."""
-        with closing(self._connect()) as con:
+        with store_errors(self.path, "write the results store"), closing(self._connect()) as con:
             con.execute("BEGIN IMMEDIATE")
             try:
                 yield con
             except BaseException:
-                con.execute("ROLLBACK")
+                if con.in_transaction:  # SQLite may have rolled back already (e.g. disk full)
+                    con.execute("ROLLBACK")
                 raise
             con.execute("COMMIT")
 
@@ -160,12 +178,19 @@ class ResultStore:
     def run_dir(self, run_id: str) -> Path:
         """Folder for a run's files; 16 hex digits keep paths short and are unique in practice."""
         path = self.folder / "runs" / run_id[:16]
-        path.mkdir(parents=True, exist_ok=True)
+        with store_errors(path, "create the run folder"):
+            path.mkdir(parents=True, exist_ok=True)
         return path
+
+    def missing_run_folders(self, rows: pd.DataFrame) -> list[str]:
+        """Run ids of finished runs in ``rows`` whose folder was deleted by hand. Their stored metrics stay valid
+        and are kept (a finished run is never redone), but their training log and test predictions are gone."""
+        done = rows.loc[rows["status"] == "done", "run_id"] if len(rows) else []
+        return [run_id for run_id in done if not (self.folder / "runs" / run_id[:16]).is_dir()]
 
     def status(self, run_id: str) -> str | None:
         """None if the run was never started, else one of STATUSES."""
-        with closing(self._connect()) as con:
+        with store_errors(self.path, "read the results store"), closing(self._connect()) as con:
             return self._status(con, run_id)
 
     def start(self, run_id: str, config: dict, labels: dict) -> None:
@@ -248,16 +273,17 @@ class ResultStore:
     def save_predictions(self, run_id: str, **arrays: np.ndarray) -> Path:
         """Write run_dir/test_predictions.npz via a temp file and os.replace, so readers never see half a file."""
         target = self.run_dir(run_id) / "test_predictions.npz"
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".test_predictions.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez_compressed(f, **arrays)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with store_errors(target, "write the test predictions"):
+            fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".test_predictions.", suffix=".tmp")
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    np.savez_compressed(f, **arrays)
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(tmp, target)
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
         return target
 
     def rows(self, status: str | None = "done") -> pd.DataFrame:
@@ -265,7 +291,7 @@ class ResultStore:
         if status is not None and status not in STATUSES:
             raise ValueError(f"unknown status {status!r}; allowed: {allowed(STATUSES)}")
         query = "SELECT * FROM runs" + ("" if status is None else " WHERE status = ?") + " ORDER BY rowid"
-        with closing(self._connect()) as con:
+        with store_errors(self.path, "read the results store"), closing(self._connect()) as con:
             cursor = con.execute(query, () if status is None else (status,))
             columns = [d[0] for d in cursor.description]
             records = [dict(zip(columns, row)) for row in cursor.fetchall()]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import re
 import shutil
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from medtransfer.config import PretrainConfig, WeightsSource
 from medtransfer.data import load_dataset
 from medtransfer.data.base import CLASSIFICATION_TASKS
 from medtransfer.data.transforms import MedicalViews
-from medtransfer.errors import ConfigError, allowed
+from medtransfer.errors import CheckpointError, ConfigError, allowed
 from medtransfer.finetune.train import trainer_kwargs
 from medtransfer.models.checkpoint import read_metadata, save_backbone, sha256_file
 from medtransfer.models.factory import create_backbone
@@ -95,7 +96,21 @@ def _resume_point(output: Path, key: str, resume: bool | str) -> Path | None:
             return None
         raise ConfigError(f"--resume: the config differs from the one {output} was started with; "
                           "use another output folder, or the original config")
+    _check_resume_state(last)
     return last
+
+
+def _check_resume_state(last: Path) -> None:
+    """Refuse a resume state that only full unpickling could read: whoever can write the experiment folder could
+    otherwise run code in the next ``pretrain``/``run``. Refused with an error, not restarted over: an unreadable
+    state means tampering or corruption, which a silent restart would hide while discarding the epochs trained."""
+    try:
+        torch.load(last, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - torch raises many types; each means "not read safely"
+        needs = re.search(r"GLOBAL (\S+)", str(err))  # both of torch's wordings
+        why = f"it pickles {needs.group(1)}" if needs else f"{type(err).__name__}: truncated or corrupt"
+        raise CheckpointError(f"{last}: refused as resume state, it is not loadable with weights_only=True ({why});"
+                              f" delete {last.parent} to start this pre-training over") from err
 
 
 def _read_log(output: Path):
@@ -175,9 +190,8 @@ def pretrain(cfg: PretrainConfig, output: Path | None = None, verbose: bool = Fa
     trainer = L.Trainer(max_epochs=cfg.epochs, default_root_dir=output, logger=CSVLogger(output, name="", version=""),
                         callbacks=[last_epoch], enable_progress_bar=verbose, enable_model_summary=False,
                         num_sanity_val_steps=0, log_every_n_steps=1, **trainer_kwargs(cfg.hardware, data.spatial_dims))
-    # our own checkpoint of this run (optimizer and loop state need full loading); never a downloaded file
     earlier_log = _read_log(output) if resume_from else None
-    trainer.fit(module, loader, val_loader, ckpt_path=resume_from, weights_only=False)
+    trainer.fit(module, loader, val_loader, ckpt_path=resume_from, weights_only=True)  # tensors and plain data only
     if earlier_log is not None and trainer.is_global_zero:
         _merge_log(output, earlier_log)
     if trainer.is_global_zero:

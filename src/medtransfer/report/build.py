@@ -106,6 +106,12 @@ def _figures(a: Analysis, runs_folder) -> None:
     if len(log):
         a.figures.append(("training-curves", f"training loss and validation {a.metric} per epoch under {a.strategy}, "
                           "mean ± std over seeds", plots.training_curves(log, a.metric)))
+        runs = finished_runs(a.rows)
+        expected = (runs["strategy"] == a.strategy).sum()
+        unlogged = expected - log.groupby(["dataset", "fraction", "init", "seed"]).ngroups
+        if unlogged:  # e.g. run folders deleted by hand: the curves rest on fewer runs, which the reader must know
+            a.notes.append(f"Training curves under {a.strategy}: {unlogged} of {expected} finished runs have no "
+                           "training log (runs/<id>/metrics.csv deleted?); the curves average the other runs only.")
     else:
         a.notes.append("No training logs (metrics.csv) found for these runs: no training curves.")
 
@@ -202,9 +208,7 @@ def report_folder(folder: str | Path, output: str | Path | None = None, metric: 
     from medtransfer.bench.store import ResultStore
 
     folder = Path(folder)
-    if not (folder / "results.sqlite").exists():
-        raise MedtransferError(f"{folder}: no results.sqlite here; pass the experiment folder printed by 'run'")
-    rows = ResultStore(folder).rows(status=None)
+    rows = ResultStore(folder, read_only=True).rows(status=None)
     if config:
         rows = select_config(rows, config)
     return build_report(rows, output or folder / "report", metric, baseline, runs_folder=folder,
