@@ -11,6 +11,7 @@ from medtransfer.bench.runner import prepare, run_experiment
 from medtransfer.bench.store import ResultStore
 from medtransfer.cli import main
 from medtransfer.config import ExperimentConfig, PretrainConfig, validate_config
+from medtransfer.data.normalisation import IMAGENET, IMAGENET_STD
 from medtransfer.errors import CheckpointError, ConfigError
 from medtransfer.models import zoo
 from medtransfer.models.checkpoint import read_metadata, read_weights
@@ -169,7 +170,10 @@ def test_cached_rgb_model_adapts_to_grayscale(tmp_path, cache, monkeypatch):
     gray = create_backbone("resnet_tiny", 1, 32)
     report = zoo.load_init(gray, cached)
     assert report["adapted"] == ["conv1.weight: 3 -> 1 input channels"]
-    assert torch.equal(gray.model.conv1.weight, state["conv1.weight"].sum(dim=1, keepdim=True))
+    # summed over channels, each scaled by sigma / s_c of ImageNet's stds (data/normalisation.py)
+    scales = torch.tensor([0.2260 / s for s in IMAGENET_STD]).view(1, 3, 1, 1)
+    expected = (state["conv1.weight"] * scales).sum(dim=1, keepdim=True)
+    torch.testing.assert_close(gray.model.conv1.weight.detach(), expected, rtol=1e-3, atol=1e-6)
 
 
 def test_zoo_list_and_import_on_the_command_line(tmp_path, cache, monkeypatch, capsys):
@@ -208,7 +212,8 @@ def test_zoo_init_fine_tunes_through_run_keyed_by_content(tmp_path, cache, monke
     rows = ResultStore(tmp_path / "run").rows()
     assert rows.iloc[0]["init"] == "tiny_moco" and 0 <= rows.iloc[0]["metric.auc"] <= 1
     resolved = ResultStore(tmp_path / "run").rows(status=None).iloc[0]["config"]
-    assert resolved["init"] == {"kind": "checkpoint", "sha256": hashlib.sha256(cached.read_bytes()).hexdigest()}
+    assert resolved["init"] == {"kind": "checkpoint", "sha256": hashlib.sha256(cached.read_bytes()).hexdigest(),
+                                "normalisation": IMAGENET.for_channels(1).to_dict()}  # grey data, ImageNet init
 
 
 def test_raw_foreign_file_as_checkpoint_init_is_converted(tmp_path):

@@ -13,6 +13,7 @@ import lightning as L
 import torch
 from pydantic import BaseModel, ConfigDict
 
+from medtransfer.data.normalisation import DEFAULT
 from medtransfer.data.transforms import MedicalViews, to_unit_range
 from medtransfer.evaluate import compute_metrics
 from medtransfer.models.backbones import Backbone
@@ -55,9 +56,12 @@ class BaseMethod(L.LightningModule):
         """The method's objective on a batch of [0, 1] images (B, C, *spatial)."""
         raise NotImplementedError
 
+    normalisation = DEFAULT  # the init's statistics for the data's channels, set by ``pretrain``; random init: 0.5/0.5
+
     def normalise(self, x: torch.Tensor) -> torch.Tensor:
-        """The same normalisation fine-tuning uses, so pre-trained features see familiar inputs."""
-        return (x - 0.5) / 0.5
+        """The init's normalisation, which the checkpoint records and fine-tuning then uses, so the weights always see
+        inputs with the statistics they were trained on."""
+        return self.normalisation(x)
 
     def training_step(self, batch, batch_idx):
         images = to_unit_range(batch[0], self.input_size)
