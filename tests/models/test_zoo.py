@@ -284,16 +284,25 @@ def test_continual_pretraining_from_a_zoo_model_records_the_chain(tmp_path, cach
     assert meta["normalisation"] == IMAGENET.for_channels(1).to_dict()  # grey data: the derived grey statistics
 
 
-def test_continual_pretraining_normalises_with_the_init_statistics_and_records_them(tmp_path, cache, monkeypatch):
+UNAUGMENTED_ROTATION = {"augment": False}
+
+
+@pytest.mark.parametrize("method, options", [
+    ("rotation", UNAUGMENTED_ROTATION),
+    ("multi_ssl", {"methods": [{"name": "rotation", "options": UNAUGMENTED_ROTATION},  # sub-methods normalise too
+                               {"name": "rotation", "options": {**UNAUGMENTED_ROTATION, "all_rotations": False}}]}),
+])
+def test_continual_pretraining_normalises_with_the_init_statistics_and_records_them(tmp_path, cache, monkeypatch,
+                                                                                     method, options):
     """Rotation without views feeds the backbone rotated uint8 images, so its inputs show the normalisation used:
     ImageNet's for an ImageNet zoo init on RGB data; the new checkpoint records it, so fine-tuning from it (and a
     pre-training continued from it) uses it again."""
     monkeypatch.setitem(ZOO, "tiny_moco", entry())
     import_file("tiny_moco", moco_file(tmp_path / "m.pth.tar", trained_state()))
     inputs = backbone_inputs(monkeypatch, run_module)
-    cfg = validate_config({"method": "rotation", "data": {**DATA, "channels": 3}, "backbone": {"name": "resnet_tiny"},
-                           "init": {"zoo": "tiny_moco"}, "epochs": 1, "batch_size": 32,
-                           "method_options": {"augment": False}}, PretrainConfig)
+    cfg = validate_config({"method": method, "data": {**DATA, "channels": 3}, "backbone": {"name": "resnet_tiny"},
+                           "init": {"zoo": "tiny_moco"}, "epochs": 1, "batch_size": 32, "method_options": options},
+                          PretrainConfig)
     path = pretrain(cfg, tmp_path / "out")
     assert inputs and all(x.shape[1] == 3 for x in inputs)
     assert_normalised_uint8(inputs, IMAGENET)
