@@ -12,11 +12,11 @@ into the statistics of the data when the first convolution was adapted to anothe
   ``sum_c w_c * (g - m_c) / s_c``. A 1-channel kernel w' on ``(g - mu) / sigma`` matches the g-dependent part
   exactly iff ``w' = sum_c w_c * sigma / s_c`` (``grey_weight_scales``: timm's plain sum when all s_c are equal).
   What remains is ``sum_c (mu - m_c) / s_c * (w_c * 1)``, the response to a constant image: one offset per filter,
-  independent of the image. It vanishes for every filter only when all m_c are equal; otherwise
-  ``mu = sum_c (m_c / s_c) / sum_c (1 / s_c)`` makes it vanish for every filter whose channel kernels have equal
-  sums (the colour-neutral ones), leaving only colour-opponent filters with a constant offset that BatchNorm after
-  the first conv absorbs in training. ``sigma`` is free (it cancels); the harmonic mean of the s_c keeps timm's sum
-  when the stds are equal, so 0.5 / 0.5 inits behave exactly as before.
+  independent of the image. No single-channel input can remove it for every filter unless all m_c are equal;
+  ``mu = sum_c (m_c / s_c) / sum_c (1 / s_c)`` removes it, borders included, for every filter whose kernel is the
+  same on all channels (colour-neutral), leaving a constant offset only on colour-opponent filters (largely taken
+  out by the batch statistics of the BatchNorm that follows in training). ``sigma`` is free (it cancels); the
+  harmonic mean of the s_c keeps timm's plain sum when the stds are equal, so 0.5 / 0.5 inits behave as before.
 * C-channel weights onto N-channel data otherwise: timm repeats the kernels cyclically, so do the statistics.
 """
 

@@ -48,7 +48,6 @@ class _Normalised(nn.Module):
 
     def __init__(self, spatial_dims: int, normalisation: Normalisation):
         super().__init__()
-        self.normalisation = normalisation
         mean, std = normalisation.shaped(spatial_dims)
         self.register_buffer("mean", mean, persistent=False)
         self.register_buffer("std", std, persistent=False)
