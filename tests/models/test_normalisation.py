@@ -47,6 +47,7 @@ def test_statistics_for_the_data_channels():
     assert Normalisation((0.5,) * 3, (0.5,) * 3).for_channels(1).is_default  # e.g. timm's augreg ViTs
     assert IMAGENET.for_channels(4).mean == IMAGENET.mean + IMAGENET.mean[:1]  # timm repeats kernels cyclically
     assert Normalisation.from_dict(IMAGENET.to_dict()) == IMAGENET and Normalisation.from_dict(None) == DEFAULT
+    assert (IMAGENET.label, DEFAULT.label, Normalisation((0.0,), (1.0,)).label) == ("imagenet", "0.5/0.5", "0/1")
     with pytest.raises(ValueError, match="one entry per channel"):
         Normalisation((0.5, 0.5), (0.5,))
 

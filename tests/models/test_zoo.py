@@ -190,6 +190,8 @@ def test_zoo_list_and_import_on_the_command_line(tmp_path, cache, monkeypatch, c
     assert " yes " in row and "resnet_tiny" in row
     swav = next(line for line in lines if line.startswith("swav "))
     assert " no " in swav and "https://dl.fbaipublicfiles.com/deepcluster/swav_800ep_pretrain.pth.tar" in swav
+    assert " imagenet " in swav  # the input normalisation each entry's weights expect
+    assert " 0/1 " in next(line for line in lines if line.startswith("models_genesis_chest_ct "))
     assert main(["zoo", "import", "tiny_moco", str(tmp_path / "missing.pth")]) == 2
 
 

@@ -46,6 +46,13 @@ class Normalisation:
         """0.5 / 0.5 on every channel: what medtransfer always used, so such runs keep their ids."""
         return set(self.mean) == {0.5} and set(self.std) == {0.5}
 
+    @property
+    def label(self) -> str:
+        """Short form for listings: 'imagenet', or mean/std ('0.5/0.5', '0/1')."""
+        if self == IMAGENET:
+            return "imagenet"
+        return "/".join(",".join(f"{v:g}" for v in values) for values in (self.mean, self.std))
+
     def to_dict(self) -> dict:
         return {"mean": list(self.mean), "std": list(self.std)}
 

@@ -247,7 +247,8 @@ def fetch(name: str, timeout: float = 60.0) -> tuple[Path, dict]:
 
 def zoo_rows() -> list[dict]:
     return [{"name": name, "arch": e.architecture, "data": e.data, "method": e.method, "url": e.url,
-             "checksum": e.checksum or "-", "licence": e.licence, "cached": "yes" if cached_file(name) else "no"}
+             "checksum": e.checksum or "-", "licence": e.licence, "norm": e.normalisation.label,
+             "cached": "yes" if cached_file(name) else "no"}
             for name, e in ZOO.items()]
 
 
