@@ -12,7 +12,7 @@ from medtransfer.bench.runner import prepare, run_experiment
 from medtransfer.bench.store import ResultStore
 from medtransfer.cli import main
 from medtransfer.config import ExperimentConfig, PretrainConfig, validate_config
-from medtransfer.data.normalisation import DEFAULT, IMAGENET, IMAGENET_STD, Normalisation
+from medtransfer.data.normalisation import DEFAULT, IMAGENET, IMAGENET_STD, UNIT_RANGE, Normalisation
 from medtransfer.errors import CheckpointError, ConfigError
 from medtransfer.models import zoo
 from medtransfer.models.checkpoint import file_normalisation, read_metadata, read_weights
@@ -74,6 +74,14 @@ def test_real_entries_are_consistent():
         assert e.checksum is None or e.checksum.split(":")[0] in ("sha256", "md5"), name
         assert e.url.startswith("https://") and e.licence and e.paper, name
         assert e.direct or e.note, f"{name}: a manual download needs a note saying what to fetch"
+
+
+def test_real_entries_carry_their_publishers_normalisation():
+    """SimCLR's TF code and Models Genesis feed [0, 1] as is, MedicalNet z-scores per volume (kept at 0.5 / 0.5),
+    every other entry was trained on ImageNet-normalised inputs."""
+    own = {"simclr_v1": UNIT_RANGE, "simclr_v2": UNIT_RANGE, "models_genesis_chest_ct": UNIT_RANGE,
+           **{f"medicalnet_resnet{d}": DEFAULT for d in (10, 18, 50)}}
+    assert {name: e.normalisation for name, e in ZOO.items()} == {name: own.get(name, IMAGENET) for name in ZOO}
 
 
 def test_import_converts_caches_and_records_provenance(tmp_path, cache, monkeypatch):
