@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 COLUMNS = (("name", 24), ("arch", 24), ("data", 36), ("method", 26), ("checksum", 16), ("licence", 36),
-           ("cached", 6), ("url", 0))
+           ("norm", 8), ("cached", 6), ("url", 0))
 
 
 def _list(args) -> int:

@@ -1,11 +1,15 @@
 """Expanding an experiment into runs and the run ids that key results: stable, complete, hardware-independent."""
 
 import itertools
+from pathlib import Path
 
 import pytest
 
 from medtransfer.bench.grid import dataset_labels, expand
-from medtransfer.config import ExperimentConfig, validate_config
+from medtransfer.bench.store import ResultStore, config_hash
+from medtransfer.config import ExperimentConfig, load_config, validate_config
+from medtransfer.data.normalisation import DEFAULT, IMAGENET, Normalisation
+from medtransfer.pretrain.run import resolved_pretrain_config
 
 SMALL = {"name": "synthetic2d", "n_train": 90, "n_val": 45, "n_test": 60, "size": 16}
 BIG = {**SMALL, "size": 32}
@@ -137,3 +141,41 @@ def test_segmentation_settings_key_only_segmentation_runs_and_the_default_monito
     spec = expand(base)[0]
     assert spec.run_id(base, None, segmentation=True) != spec.run_id(seg, None, segmentation=True)
     assert spec.resolved(base, None, segmentation=True)["train"]["monitor"] == "dice"
+
+
+# Ids of the quickstart's first random and first SimCLR run (init sha256 "a" * 64) and the hash of its SimCLR
+# pre-training, computed before inits carried their normalisation: stored results must still be found.
+QUICKSTART_IDS = {"random": "66f80bbf049340cf3b103350f4ac0191e28127fee8a67a7279d7d9936d5e4742",
+                  "simclr": "c5a5fcac4372a7b4a05e93030ed6a708966021103119bf38b09eb835eb9e613d"}
+QUICKSTART_PRETRAIN_HASH = "ca3af667bfbf6c0e53f0a7d2bee3a0f1238eef2f557ea2eb1159a1a124ebdf14"
+QUICKSTART_SHA = {"random": None, "simclr": "a" * 64}
+
+
+def _quickstart():
+    cfg = load_config(Path(__file__).parents[2] / "examples" / "quickstart.yaml", ExperimentConfig)
+    firsts = {}
+    for spec in expand(cfg):
+        firsts.setdefault(spec.init.name, spec)
+    return cfg, firsts
+
+
+@pytest.mark.parametrize("normalisation", [DEFAULT, Normalisation((0.5,) * 3, (0.5,) * 3)])
+def test_stored_quickstart_results_are_still_found(tmp_path, normalisation):
+    """Random inits and inits whose statistics are 0.5 / 0.5 (e.g. timm's augreg ViTs) keep their run ids."""
+    cfg, firsts = _quickstart()
+    store = ResultStore(tmp_path)
+    for name, run_id in QUICKSTART_IDS.items():
+        store.start(run_id, {}, firsts[name].labels())
+        store.finish(run_id, {"auc": 0.6}, {}, {}, {})
+    for name, spec in firsts.items():
+        run_id = spec.run_id(cfg, QUICKSTART_SHA[name], normalisation=normalisation)
+        assert run_id == QUICKSTART_IDS[name] and store.status(run_id) == "done"
+    assert config_hash(resolved_pretrain_config(cfg.inits[1].pretrain)) == QUICKSTART_PRETRAIN_HASH
+
+
+def test_normalisation_is_stored_and_keys_the_run_only_when_it_is_not_the_default():
+    spec, cfg = _single(inits=[{"checkpoint": "/ckpt/a.safetensors"}])
+    plain, imagenet = (spec.run_id(cfg, "a" * 64, normalisation=n) for n in (DEFAULT, IMAGENET))
+    assert imagenet != plain and imagenet != spec.run_id(cfg, "a" * 64, normalisation=IMAGENET.for_channels(1))
+    assert spec.resolved(cfg, "a" * 64, normalisation=IMAGENET)["init"]["normalisation"] == IMAGENET.to_dict()
+    assert spec.resolved(cfg, "a" * 64)["init"]["normalisation"] == {"mean": [0.5], "std": [0.5]}  # visible too

@@ -17,6 +17,7 @@ from medtransfer.bench.runner import run_experiment
 from medtransfer.bench.store import ResultStore
 from medtransfer.config import ExperimentConfig, validate_config
 from medtransfer.data import label_fraction_indices, load_dataset
+from medtransfer.data.normalisation import DEFAULT
 from medtransfer.errors import CheckpointError, ConfigError, DataError
 from medtransfer.finetune.train import FineTuneResult
 from medtransfer.models.checkpoint import read_weights, save_backbone, sha256_file
@@ -49,9 +50,9 @@ class FakeFineTune:
         self.fail_at, self.error, self.on_call = set(fail_at), error, on_call
 
     def __call__(self, data, train_indices, backbone, strategy, view, train, hardware, seed, workdir,
-                 input_size=None, verbose=False):
+                 input_size=None, verbose=False, normalisation=DEFAULT):
         self.calls.append({"strategy": strategy.label(), "n_train": len(train_indices), "seed": seed,
-                           "workdir": Path(workdir), "backbone": backbone})
+                           "workdir": Path(workdir), "backbone": backbone, "normalisation": normalisation})
         if self.on_call:
             self.on_call(len(self.calls))
         if len(self.calls) in self.fail_at:
@@ -121,7 +122,8 @@ def test_grid_stores_one_done_row_per_run(tmp_path, fake):
         assert extra["n_train"] == call["n_train"] and extra["epochs_run"] == 1 and extra["init_file"] == ""
         assert extra["class_counts"]["n"] == call["n_train"] == sum(extra["class_counts"]["per_class"])
         assert extra["class_names"] == list(data.class_names)
-        assert row["config"]["seed"] == 0 and row["config"]["init"] == {"kind": "random", "sha256": None}
+        assert row["config"]["seed"] == 0 and call["normalisation"] == DEFAULT  # a random init: 0.5 / 0.5
+        assert row["config"]["init"] == {"kind": "random", "sha256": None, "normalisation": DEFAULT.to_dict()}
         run_dir = folder / "runs" / row["run_id"][:16]
         assert call["workdir"] == run_dir
         with np.load(run_dir / "test_predictions.npz") as npz:
@@ -369,7 +371,8 @@ def test_checkpoint_init_is_loaded_and_keyed_by_content(tmp_path, fake):
     run_experiment(cfg, tmp_path / "exp", progress=False)
     (row,) = rows(tmp_path / "exp").to_dict("records")
     assert row["init"] == "mine" and row["extra"]["init_file"] == str(path)
-    assert row["config"]["init"] == {"kind": "checkpoint", "sha256": sha256_file(path)}
+    assert row["config"]["init"] == {"kind": "checkpoint", "sha256": sha256_file(path),
+                                     "normalisation": DEFAULT.to_dict()}  # none recorded: 0.5 / 0.5
     # the weights reached the backbone handed to fine_tune
     saved, loaded = read_weights(path), fake.calls[0]["backbone"].model.state_dict()
     assert saved.keys() == loaded.keys() and all(torch.equal(saved[k], loaded[k]) for k in saved)
@@ -413,7 +416,7 @@ def test_end_to_end_with_inline_simclr_pretraining(tmp_path, monkeypatch):
             assert npz["scores"].shape == (60, 3)
             np.testing.assert_allclose(npz["scores"].sum(axis=1), 1, atol=1e-5)
     ssl = table[table["init"] == "simclr"].iloc[0]
-    assert ssl["config"]["init"] == {"kind": "checkpoint", "sha256": sha}
+    assert ssl["config"]["init"] == {"kind": "checkpoint", "sha256": sha, "normalisation": DEFAULT.to_dict()}
     assert ssl["extra"]["init_file"] == str(checkpoint)
 
     # A second invocation with one more seed reuses the pre-training: no new fit, same checkpoint, same init hash.

@@ -9,6 +9,7 @@ import torch
 
 import medtransfer.finetune.train as train_module
 from medtransfer.config import TrainConfig
+from medtransfer.data.normalisation import IMAGENET
 from medtransfer.data.synthetic_seg import synthetic_seg2d
 from medtransfer.data.transforms import SegmentationPreprocess
 from medtransfer.errors import ConfigError
@@ -155,3 +156,18 @@ def test_monitor_defaults_to_dice_and_must_suit_the_task(seg2d, cpu, tmp_path):
                        short(epochs=3, monitor="hd95"), cpu, 0, tmp_path)
     log = pd.read_csv(tmp_path / "metrics.csv").dropna(subset=["val/hd95"])
     assert result.best_epoch == int(log.loc[log["val/hd95"].idxmin(), "epoch"])
+
+
+def test_encoder_receives_inputs_normalised_with_the_init_statistics(cpu, tmp_path):
+    """Training patches and sliding windows alike: uint8 / 255 normalised per channel with the init's mean/std."""
+    data = synthetic_seg2d(size=32, n_train=8, n_val=2, n_test=2, seed=0, channels=3)
+    encoder, seen = backbone(data), []
+    encoder.model.conv1.register_forward_pre_hook(  # the decoder runs feature_maps, not forward: watch the stem
+        lambda module, inputs: seen.append(inputs[0].detach().clone()))
+    fine_tune(data, np.arange(8), encoder, parse_strategy("end_to_end"), "stage", short(), cpu, 0, tmp_path,
+              normalisation=IMAGENET)
+    seen = [x for x in seen if x.any()]  # not the decoder's all-zero probe of the encoder's channels
+    mean, std = IMAGENET.shaped(2)
+    pixels = torch.cat([x.transpose(0, 1).flatten(1) for x in seen], dim=1) * std.view(3, 1) + mean.view(3, 1)
+    assert seen and pixels.min() > -1e-4 and pixels.max() < 1 + 1e-4
+    torch.testing.assert_close(pixels * 255, (pixels * 255).round(), rtol=0, atol=1e-3)

@@ -4,9 +4,12 @@ import pytest
 import torch
 
 from medtransfer import __version__
+from medtransfer.data.normalisation import DEFAULT, IMAGENET
 from medtransfer.errors import CheckpointError
-from medtransfer.models.checkpoint import load_backbone_weights, read_metadata, read_weights, save_backbone
+from medtransfer.models.checkpoint import (file_normalisation, load_backbone_weights, read_metadata, read_weights,
+                                           save_backbone)
 from medtransfer.models.factory import create_backbone
+from medtransfer.models.zoo import load_init
 
 
 class NotWeights:
@@ -140,3 +143,23 @@ def test_grey_weights_adapt_to_rgb_so_a_grey_image_in_rgb_gives_the_grey_feature
     image = torch.rand(2, 1, *grey.input_size)
     with torch.no_grad():
         assert torch.allclose(rgb(image.expand(-1, 3, *image.shape[2:])), grey(image), atol=1e-5)
+
+
+def test_checkpoint_records_and_restores_its_normalisation(tmp_path):
+    """The JSON keeps the statistics the weights were trained with; loading the file onto grey data adapts the first
+    conv for them, while a file without any (older or foreign) keeps 0.5 / 0.5 and timm's plain sum."""
+    source = _trained()
+    imagenet = save_backbone(source, tmp_path / "imagenet.safetensors", normalisation=IMAGENET.to_dict())
+    plain = save_backbone(source, tmp_path / "plain.safetensors")
+    torch.save(source.model.state_dict(), tmp_path / "foreign.pth")
+    assert read_metadata(imagenet)["normalisation"] == {"mean": list(IMAGENET.mean), "std": list(IMAGENET.std)}
+    assert file_normalisation(imagenet) == IMAGENET
+    assert file_normalisation(plain) == DEFAULT and file_normalisation(tmp_path / "foreign.pth") == DEFAULT
+    weight = source.model.conv1.weight.detach()
+    grey = create_backbone("resnet_tiny", 1, 32)
+    load_init(grey, imagenet)
+    scales = IMAGENET.grey_weight_scales().float().view(1, 3, 1, 1)
+    torch.testing.assert_close(grey.model.conv1.weight.detach(), (weight * scales).sum(1, keepdim=True))
+    for path in (plain, tmp_path / "foreign.pth"):
+        load_init(grey, path)
+        assert torch.equal(grey.model.conv1.weight.detach(), weight.sum(1, keepdim=True))

@@ -7,17 +7,20 @@ import hashlib
 import pytest
 import torch
 
+from medtransfer.bench import runner
 from medtransfer.bench.runner import prepare, run_experiment
 from medtransfer.bench.store import ResultStore
 from medtransfer.cli import main
 from medtransfer.config import ExperimentConfig, PretrainConfig, validate_config
+from medtransfer.data.normalisation import DEFAULT, IMAGENET, IMAGENET_STD, UNIT_RANGE, Normalisation
 from medtransfer.errors import CheckpointError, ConfigError
 from medtransfer.models import zoo
-from medtransfer.models.checkpoint import read_metadata, read_weights
+from medtransfer.models.checkpoint import file_normalisation, read_metadata, read_weights
 from medtransfer.models.convert import LAYOUTS
 from medtransfer.models.factory import BACKBONES, create_backbone
 from medtransfer.models.zoo import ZOO, ZooEntry, cached_file, fetch, import_file
-from medtransfer.pretrain.run import pretrain
+from medtransfer.pretrain import run as run_module
+from medtransfer.pretrain.run import pretrain, resolved_pretrain_config
 
 DATA = {"name": "synthetic2d", "n_train": 64, "n_val": 32, "n_test": 32, "size": 32}
 
@@ -71,6 +74,14 @@ def test_real_entries_are_consistent():
         assert e.checksum is None or e.checksum.split(":")[0] in ("sha256", "md5"), name
         assert e.url.startswith("https://") and e.licence and e.paper, name
         assert e.direct or e.note, f"{name}: a manual download needs a note saying what to fetch"
+
+
+def test_real_entries_carry_their_publishers_normalisation():
+    """SimCLR's TF code and Models Genesis feed [0, 1] as is, MedicalNet z-scores per volume (kept at 0.5 / 0.5),
+    every other entry was trained on ImageNet-normalised inputs."""
+    own = {"simclr_v1": UNIT_RANGE, "simclr_v2": UNIT_RANGE, "models_genesis_chest_ct": UNIT_RANGE,
+           **{f"medicalnet_resnet{d}": DEFAULT for d in (10, 18, 50)}}
+    assert {name: e.normalisation for name, e in ZOO.items()} == {name: own.get(name, IMAGENET) for name in ZOO}
 
 
 def test_import_converts_caches_and_records_provenance(tmp_path, cache, monkeypatch):
@@ -169,7 +180,10 @@ def test_cached_rgb_model_adapts_to_grayscale(tmp_path, cache, monkeypatch):
     gray = create_backbone("resnet_tiny", 1, 32)
     report = zoo.load_init(gray, cached)
     assert report["adapted"] == ["conv1.weight: 3 -> 1 input channels"]
-    assert torch.equal(gray.model.conv1.weight, state["conv1.weight"].sum(dim=1, keepdim=True))
+    # summed over channels, each scaled by sigma / s_c of ImageNet's stds (data/normalisation.py)
+    scales = torch.tensor([0.2260 / s for s in IMAGENET_STD]).view(1, 3, 1, 1)
+    expected = (state["conv1.weight"] * scales).sum(dim=1, keepdim=True)
+    torch.testing.assert_close(gray.model.conv1.weight.detach(), expected, rtol=1e-3, atol=1e-6)
 
 
 def test_zoo_list_and_import_on_the_command_line(tmp_path, cache, monkeypatch, capsys):
@@ -184,6 +198,8 @@ def test_zoo_list_and_import_on_the_command_line(tmp_path, cache, monkeypatch, c
     assert " yes " in row and "resnet_tiny" in row
     swav = next(line for line in lines if line.startswith("swav "))
     assert " no " in swav and "https://dl.fbaipublicfiles.com/deepcluster/swav_800ep_pretrain.pth.tar" in swav
+    assert " imagenet " in swav  # the input normalisation each entry's weights expect
+    assert " 0/1 " in next(line for line in lines if line.startswith("models_genesis_chest_ct "))
     assert main(["zoo", "import", "tiny_moco", str(tmp_path / "missing.pth")]) == 2
 
 
@@ -208,7 +224,49 @@ def test_zoo_init_fine_tunes_through_run_keyed_by_content(tmp_path, cache, monke
     rows = ResultStore(tmp_path / "run").rows()
     assert rows.iloc[0]["init"] == "tiny_moco" and 0 <= rows.iloc[0]["metric.auc"] <= 1
     resolved = ResultStore(tmp_path / "run").rows(status=None).iloc[0]["config"]
-    assert resolved["init"] == {"kind": "checkpoint", "sha256": hashlib.sha256(cached.read_bytes()).hexdigest()}
+    assert resolved["init"] == {"kind": "checkpoint", "sha256": hashlib.sha256(cached.read_bytes()).hexdigest(),
+                                "normalisation": IMAGENET.for_channels(1).to_dict()}  # grey data, ImageNet init
+
+
+def backbone_inputs(monkeypatch, module=runner):
+    """Every tensor a backbone built by ``module`` (``run``, ``pretrain``) receives in its forward passes."""
+    seen = []
+    build = module.create_backbone
+
+    def create_and_watch(*args, **kwargs):
+        backbone = build(*args, **kwargs)
+        backbone.register_forward_pre_hook(lambda module, inputs: seen.append(inputs[0].detach().clone()))
+        return backbone
+
+    monkeypatch.setattr(module, "create_backbone", create_and_watch)
+    return seen
+
+
+def assert_normalised_uint8(inputs, normalisation):
+    """Each input is a uint8 image / 255 normalised with exactly ``normalisation``: undoing it lands on the grid."""
+    mean, std = normalisation.shaped(2)
+    for x in inputs:
+        pixels = (x * std + mean) * 255
+        assert pixels.min() > -1e-3 and pixels.max() < 255 + 1e-3
+        torch.testing.assert_close(pixels, pixels.round(), rtol=0, atol=1e-3)
+
+
+@pytest.mark.parametrize("init", ["zoo", "random"])
+def test_fine_tuning_normalises_with_the_init_statistics(tmp_path, cache, monkeypatch, init):
+    """RGB data: an ImageNet zoo init's backbone receives ImageNet-normalised inputs, a random init's 0.5 / 0.5; the
+    resolved config shows which."""
+    monkeypatch.setitem(ZOO, "tiny_moco", entry())
+    import_file("tiny_moco", moco_file(tmp_path / "m.pth.tar", trained_state()))
+    inputs = backbone_inputs(monkeypatch)
+    cfg = experiment(datasets=[{**DATA, "channels": 3}], inits=[{"zoo": "tiny_moco"} if init == "zoo" else "random"])
+    assert run_experiment(cfg, tmp_path / "run", progress=False).done == 1
+    expected = IMAGENET if init == "zoo" else DEFAULT
+    assert len(inputs) >= 3 and all(x.shape[1] == 3 for x in inputs)
+    assert_normalised_uint8(inputs, expected)
+    with pytest.raises(AssertionError):  # the check tells the two apart
+        assert_normalised_uint8(inputs, DEFAULT if init == "zoo" else IMAGENET)
+    resolved = ResultStore(tmp_path / "run").rows().iloc[0]["config"]
+    assert resolved["init"]["normalisation"] == expected.to_dict()
 
 
 def test_raw_foreign_file_as_checkpoint_init_is_converted(tmp_path):
@@ -233,6 +291,35 @@ def test_continual_pretraining_from_a_zoo_model_records_the_chain(tmp_path, cach
     weights = read_weights(path)
     assert weights.keys() == state.keys()  # only the backbone: no projection or classification head saved
     assert not torch.equal(weights["layer4.0.conv2.weight"], state["layer4.0.conv2.weight"])  # it trained
+    assert meta["normalisation"] == IMAGENET.for_channels(1).to_dict()  # grey data: the derived grey statistics
+
+
+UNAUGMENTED_ROTATION = {"augment": False}
+
+
+@pytest.mark.parametrize("method, options", [
+    ("rotation", UNAUGMENTED_ROTATION),
+    ("multi_ssl", {"methods": [{"name": "rotation", "options": UNAUGMENTED_ROTATION},  # sub-methods normalise too
+                               {"name": "rotation", "options": {**UNAUGMENTED_ROTATION, "all_rotations": False}}]}),
+])
+def test_continual_pretraining_normalises_with_the_init_statistics_and_records_them(tmp_path, cache, monkeypatch,
+                                                                                     method, options):
+    """Rotation without views feeds the backbone rotated uint8 images, so its inputs show the normalisation used:
+    ImageNet's for an ImageNet zoo init on RGB data; the new checkpoint records it, so fine-tuning from it (and a
+    pre-training continued from it) uses it again."""
+    monkeypatch.setitem(ZOO, "tiny_moco", entry())
+    import_file("tiny_moco", moco_file(tmp_path / "m.pth.tar", trained_state()))
+    inputs = backbone_inputs(monkeypatch, run_module)
+    cfg = validate_config({"method": method, "data": {**DATA, "channels": 3}, "backbone": {"name": "resnet_tiny"},
+                           "init": {"zoo": "tiny_moco"}, "epochs": 1, "batch_size": 32, "method_options": options},
+                          PretrainConfig)
+    path = pretrain(cfg, tmp_path / "out")
+    assert inputs and all(x.shape[1] == 3 for x in inputs)
+    assert_normalised_uint8(inputs, IMAGENET)
+    assert file_normalisation(path) == IMAGENET
+    assert resolved_pretrain_config(cfg)["init_normalisation"] == IMAGENET.to_dict()  # part of its identity
+    prepared = prepare(experiment(datasets=[{**DATA, "channels": 3}], inits=[{"checkpoint": str(path)}]))
+    assert prepared.init_normalisation["backbone"] == IMAGENET
 
 
 def test_timm_name_resolves_from_the_local_hub_cache_only(tmp_path, monkeypatch):
@@ -253,3 +340,13 @@ def test_timm_name_resolves_from_the_local_hub_cache_only(tmp_path, monkeypatch)
     save_file({k: v.contiguous() for k, v in source.items()}, str(snapshot_dir / "model.safetensors"))
     prepared = prepare(cfg)
     assert prepared.init_files["resnet18.a1_in1k"] == snapshot_dir / "model.safetensors"
+    assert prepared.init_normalisation["resnet18.a1_in1k"] == IMAGENET  # timm's pretrained_cfg mean/std
+
+
+def test_timm_init_normalisation_comes_from_its_pretrained_cfg():
+    from timm.models import get_pretrained_cfg
+
+    clip = get_pretrained_cfg("vit_base_patch16_clip_224.openai")
+    assert zoo.init_normalisation(timm="vit_base_patch16_clip_224.openai") == Normalisation(clip.mean, clip.std)
+    assert zoo.init_normalisation(timm="vit_base_patch16_clip_224.openai") != IMAGENET
+    assert zoo.init_normalisation(timm="vit_small_patch16_224.augreg_in21k_ft_in1k").is_default  # 0.5 per channel

@@ -1,8 +1,9 @@
 """Expanding an experiment into runs, each identified by the hash of its fully resolved config.
 
-The hash covers everything that changes a result (data and its options, backbone, the init's *content* hash,
-strategy, label fraction, seed, schedule) and nothing that does not (hardware, output folder), so re-running an
-experiment on another machine skips what is finished and a changed checkpoint file is never mistaken for the old.
+The hash covers everything that changes a result (data and its options, backbone, the init's *content* hash and
+input normalisation, strategy, label fraction, seed, schedule) and nothing that does not (hardware, output folder),
+so re-running an experiment on another machine skips what is finished and a changed checkpoint file is never
+mistaken for the old.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from dataclasses import dataclass
 
 from medtransfer.bench.store import config_hash
 from medtransfer.config import DatasetConfig, ExperimentConfig, InitConfig
+from medtransfer.data.normalisation import DEFAULT, Normalisation
 from medtransfer.finetune.strategies import Strategy
 
 
@@ -28,14 +30,23 @@ class RunSpec:
         return {"dataset": self.dataset_label, "init": self.init.name, "strategy": self.strategy.label(),
                 "fraction": self.fraction, "seed": self.seed}
 
-    def resolved(self, cfg: ExperimentConfig, init_sha256: str | None, segmentation: bool = False) -> dict:
+    def resolved(self, cfg: ExperimentConfig, init_sha256: str | None, segmentation: bool = False,
+                 normalisation: Normalisation = DEFAULT) -> dict:
+        """The run as it acts; ``normalisation`` is the init's for this dataset's channels (stored for every run)."""
         return {"dataset": self.dataset.model_dump(mode="json"), "backbone": cfg.backbone.model_dump(mode="json"),
-                "init": {"kind": _init_kind(self.init), "sha256": init_sha256},
+                "init": {"kind": _init_kind(self.init), "sha256": init_sha256,
+                         "normalisation": normalisation.to_dict()},
                 "strategy": self.strategy.model_dump(mode="json"), "fraction": self.fraction, "seed": self.seed,
                 "train": _train_identity(cfg, segmentation)}
 
-    def run_id(self, cfg: ExperimentConfig, init_sha256: str | None, segmentation: bool = False) -> str:
-        return config_hash(self.resolved(cfg, init_sha256, segmentation))
+    def run_id(self, cfg: ExperimentConfig, init_sha256: str | None, segmentation: bool = False,
+               normalisation: Normalisation = DEFAULT) -> str:
+        """Hash of ``resolved``; a 0.5 / 0.5 normalisation, which every run used before inits carried their own, is
+        left out, so those runs keep the ids their stored results have."""
+        identity = self.resolved(cfg, init_sha256, segmentation, normalisation)
+        if normalisation.is_default:
+            del identity["init"]["normalisation"]
+        return config_hash(identity)
 
 
 def _train_identity(cfg: ExperimentConfig, segmentation: bool) -> dict:

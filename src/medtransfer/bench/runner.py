@@ -25,14 +25,15 @@ from medtransfer.bench.store_faults import stop_if_disk_full
 from medtransfer.config import ExperimentConfig, InitConfig, PretrainConfig, load_config
 from medtransfer.data import ImageDataset, label_fraction_indices, load_dataset
 from medtransfer.data.fractions import describe_subset
+from medtransfer.data.normalisation import DEFAULT, Normalisation
 from medtransfer.errors import ConfigError
 from medtransfer.finetune.frozen import check_hardware
 from medtransfer.finetune.segmentation import build_segmentation, segmentation_input_size
 from medtransfer.finetune.train import fine_tune, resolve_monitor
 from medtransfer.interrupts import Interrupted
-from medtransfer.models.checkpoint import load_backbone_weights, sha256_file
+from medtransfer.models.checkpoint import file_normalisation, load_backbone_weights, sha256_file
 from medtransfer.models.factory import create_backbone
-from medtransfer.models.zoo import load_init, resolve_weights
+from medtransfer.models.zoo import init_normalisation, load_init, resolve_weights
 from medtransfer.pretrain import METHODS
 from medtransfer.pretrain.run import check_data, check_options, default_output, pretrain, resolve_init
 
@@ -44,6 +45,7 @@ class Prepared:
     subsets: dict[tuple[str, float, int], np.ndarray] = field(default_factory=dict)
     init_files: dict[str, Path | None] = field(default_factory=dict)
     init_sha256: dict[str, str | None] = field(default_factory=dict)
+    init_normalisation: dict[str, Normalisation] = field(default_factory=dict)  # per channel of the init's weights
     pretrain_configs: dict[str, PretrainConfig] = field(default_factory=dict)
 
 
@@ -112,6 +114,8 @@ def prepare(cfg: ExperimentConfig) -> Prepared:
             _check_fits(cfg, path, f"inits ({init.name}): {source}", prepared)
             prepared.init_files[init.name] = path
             prepared.init_sha256[init.name] = sha256_file(path)
+            prepared.init_normalisation[init.name] = init_normalisation(init.zoo, init.timm,
+                                                                        path if init.checkpoint else None)
         elif init.pretrain is not None:
             pcfg = _pretrain_config(init)
             check_options(pcfg)
@@ -133,7 +137,13 @@ def prepare(cfg: ExperimentConfig) -> Prepared:
             prepared.pretrain_configs[init.name] = pcfg
         else:
             prepared.init_files[init.name] = prepared.init_sha256[init.name] = None
+            prepared.init_normalisation[init.name] = DEFAULT
     return prepared
+
+
+def run_normalisation(prepared: Prepared, spec: RunSpec) -> Normalisation:
+    """The init's normalisation for the channels of the run's dataset (0.5 / 0.5 for a random init)."""
+    return prepared.init_normalisation[spec.init.name].for_channels(prepared.data[spec.dataset_label].in_chans)
 
 
 def run_pretrainings(cfg: ExperimentConfig, prepared: Prepared, folder: Path, verbose: bool) -> None:
@@ -143,6 +153,7 @@ def run_pretrainings(cfg: ExperimentConfig, prepared: Prepared, folder: Path, ve
         _check_fits(cfg, checkpoint, str(checkpoint), prepared)
         prepared.init_files[name] = checkpoint
         prepared.init_sha256[name] = sha256_file(checkpoint)
+        prepared.init_normalisation[name] = file_normalisation(checkpoint)
 
 
 def run_one(cfg: ExperimentConfig, spec: RunSpec, prepared: Prepared, workdir: Path, verbose: bool):
@@ -153,11 +164,11 @@ def run_one(cfg: ExperimentConfig, spec: RunSpec, prepared: Prepared, workdir: P
                                spatial_dims=data.spatial_dims)
     init_file = prepared.init_files[spec.init.name]
     if init_file is not None:
-        load_init(backbone, init_file)
+        load_init(backbone, init_file, normalisation=prepared.init_normalisation[spec.init.name])
     view = cfg.backbone.view or backbone.default_view
     indices = prepared.subsets[spec.dataset_label, spec.fraction, spec.seed]
     return fine_tune(data, indices, backbone, spec.strategy, view, cfg.train, cfg.hardware, spec.seed, workdir,
-                     input_size=input_size, verbose=verbose), indices
+                     input_size=input_size, verbose=verbose, normalisation=run_normalisation(prepared, spec)), indices
 
 
 def run_experiment(cfg: ExperimentConfig, folder: str | Path | None = None, verbose: bool = False,
@@ -172,8 +183,8 @@ def run_experiment(cfg: ExperimentConfig, folder: str | Path | None = None, verb
     specs = expand(cfg)
     writer = rank_zero_only.rank == 0  # under DDP every process runs the grid; only rank 0 writes results
     segmentation = {label: data.task == "segmentation" for label, data in prepared.data.items()}
-    ids = [spec.run_id(cfg, prepared.init_sha256[spec.init.name], segmentation[spec.dataset_label])
-           for spec in specs]
+    ids = [spec.run_id(cfg, prepared.init_sha256[spec.init.name], segmentation[spec.dataset_label],
+                       run_normalisation(prepared, spec)) for spec in specs]
     todo = [(spec, rid) for spec, rid in zip(specs, ids) if store.status(rid) != "done"]
     failed: list[str] = []
     finished_elsewhere = 0
@@ -186,7 +197,8 @@ def run_experiment(cfg: ExperimentConfig, folder: str | Path | None = None, verb
         bar.set_postfix_str(f"{labels['init']} | {labels['strategy']} | {labels['fraction']:g} | seed {spec.seed}")
         if writer:
             store.start(run_id, spec.resolved(cfg, prepared.init_sha256[spec.init.name],
-                                              segmentation[spec.dataset_label]), labels)
+                                              segmentation[spec.dataset_label], run_normalisation(prepared, spec)),
+                        labels)
         try:
             result, indices = run_one(cfg, spec, prepared, store.run_dir(run_id), verbose)
         except (KeyboardInterrupt, Interrupted) as err:

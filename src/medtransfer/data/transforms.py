@@ -1,7 +1,8 @@
 """Batched, on-device image transforms (kornia), so a GPU is fed uint8 batches and never waits on 2 CPU cores.
 
 Three users: ``Preprocess`` turns a uint8 batch into the normalised float input of fine-tuning (MedMNIST protocol:
-scale to [0, 1], normalise with mean 0.5 / std 0.5, no augmentation by default), ``SegmentationPreprocess`` does
+scale to [0, 1], normalise with the init's statistics - mean 0.5 / std 0.5 for a random init, see
+``normalisation.py`` - no augmentation by default), ``SegmentationPreprocess`` does
 the same for images with masks (random patches and augmentation applied jointly), and ``MedicalViews`` makes the
 random views of self-supervised pre-training. Views are built for medical images: crops, flips, small rotations
 and intensity changes; colour jitter only when the data really has three colour channels.
@@ -13,6 +14,8 @@ import kornia.augmentation as K
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from medtransfer.data.normalisation import DEFAULT, Normalisation
 
 AUGMENTS = ("none", "flip", "light")
 
@@ -39,25 +42,39 @@ def _fine_tune_augment(kind: str, spatial_dims: int) -> nn.Module | None:
     return nn.Sequential(*ops)
 
 
-class Preprocess(nn.Module):
+class _Normalised(nn.Module):
+    """Holds the init's mean/std as (1, C, 1, ...) buffers, so they follow the module to its device; not persistent:
+    they come from the init, not from a Lightning checkpoint."""
+
+    def __init__(self, spatial_dims: int, normalisation: Normalisation):
+        super().__init__()
+        mean, std = normalisation.shaped(spatial_dims)
+        self.register_buffer("mean", mean, persistent=False)
+        self.register_buffer("std", std, persistent=False)
+
+    def normalise(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
+class Preprocess(_Normalised):
     """uint8 batch -> normalised float batch, with optional training-time augmentation."""
 
     def __init__(self, spatial_dims: int, size: tuple[int, ...] | None = None, augment: str = "none",
-                 mean: float = 0.5, std: float = 0.5):
-        super().__init__()
+                 normalisation: Normalisation = DEFAULT):
+        super().__init__(spatial_dims, normalisation)
         if augment not in AUGMENTS:
             raise ValueError(f"augment: {augment!r}; allowed: {', '.join(AUGMENTS)}")
-        self.size, self.mean, self.std = size, mean, std
+        self.size = size
         self.augment = _fine_tune_augment(augment, spatial_dims)
 
     def forward(self, x: torch.Tensor, train: bool = False) -> torch.Tensor:
         x = to_unit_range(x, self.size)
         if train and self.augment is not None:
             x = self.augment(x)
-        return (x - self.mean) / self.std
+        return self.normalise(x)
 
 
-class SegmentationPreprocess(nn.Module):
+class SegmentationPreprocess(_Normalised):
     """Segmentation batches: uint8 images, class-index masks and field-of-view masks, preprocessed jointly.
 
     At training time a random patch (``patch_size``) is cut and the fine-tuning augmentation applied, to image,
@@ -68,11 +85,11 @@ class SegmentationPreprocess(nn.Module):
     """
 
     def __init__(self, spatial_dims: int, num_classes: int, patch_size: tuple[int, ...] | None = None,
-                 augment: str = "none", mean: float = 0.5, std: float = 0.5):
-        super().__init__()
+                 augment: str = "none", normalisation: Normalisation = DEFAULT):
+        super().__init__(spatial_dims, normalisation)
         if augment not in AUGMENTS:
             raise ValueError(f"augment: {augment!r}; allowed: {', '.join(AUGMENTS)}")
-        self.num_classes, self.mean, self.std = num_classes, mean, std
+        self.num_classes = num_classes
         self.crop = None if patch_size is None else (
             K.RandomCrop(tuple(patch_size)) if spatial_dims == 2 else K.RandomCrop3D(tuple(patch_size)))
         self.augment = _fine_tune_augment(augment, spatial_dims)
@@ -87,7 +104,7 @@ class SegmentationPreprocess(nn.Module):
             stack = self.augment(torch.cat([x, hot, fov.unsqueeze(1).to(x.dtype)], dim=1))
             x, hot, fov = stack.split([x.shape[1], self.num_classes, 1], dim=1)
             masks, fov = hot.argmax(1), (fov[:, 0] > 0.5) & (hot.amax(1) > 0)
-        return (x - self.mean) / self.std, masks, fov
+        return self.normalise(x), masks, fov
 
 
 class _AsSlices(nn.Module):

@@ -19,6 +19,7 @@ from torch.utils.data import TensorDataset
 
 from medtransfer.config import SegmentationConfig, TrainConfig
 from medtransfer.data.base import ImageDataset, Split
+from medtransfer.data.normalisation import DEFAULT, Normalisation
 from medtransfer.data.transforms import SegmentationPreprocess
 from medtransfer.errors import ConfigError
 from medtransfer.evaluate.segmentation import SEGMENTATION_METRICS, one_hot, per_image_scores, summarize
@@ -162,8 +163,10 @@ class SegmentationFineTuner(FineTuner):
 
 
 def build_segmentation(data: ImageDataset, backbone: Backbone, strategy: Strategy, view: str, train: TrainConfig,
-                       monitor: str, channels_last: bool) -> tuple[SegmentationModel, SegmentationFineTuner]:
-    """The model (backbone already prepared by the strategy) and its Lightning module, checked before training."""
+                       monitor: str, channels_last: bool, normalisation: Normalisation = DEFAULT,
+                       ) -> tuple[SegmentationModel, SegmentationFineTuner]:
+    """The model (backbone already prepared by the strategy) and its Lightning module, checked before training;
+    images are normalised with the init's ``normalisation``."""
     if isinstance(strategy, KNN):
         raise ConfigError(f"strategies: knn classifies whole images by neighbour votes; {data.name} is a "
                           "segmentation task; allowed there: the trained strategies (end_to_end, linear, range, ...)")
@@ -173,7 +176,8 @@ def build_segmentation(data: ImageDataset, backbone: Backbone, strategy: Strateg
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     roi = patch_size(data, seg)
-    preprocess = SegmentationPreprocess(data.spatial_dims, data.num_classes, roi, augment=train.augment)
+    preprocess = SegmentationPreprocess(data.spatial_dims, data.num_classes, roi, augment=train.augment,
+                                        normalisation=normalisation)
     module = SegmentationFineTuner(model, loss, strategy, view, train, preprocess, roi, monitor, channels_last,
                                    keep_masks=data.test.labels.size <= MAX_STORED_PIXELS)
     return model, module

@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, RandomSampler, TensorDataset
 
 from medtransfer.config import HardwareConfig, TrainConfig
 from medtransfer.data.base import ImageDataset, Split
+from medtransfer.data.normalisation import DEFAULT, Normalisation
 from medtransfer.data.transforms import Preprocess
 from medtransfer.errors import ConfigError, allowed
 from medtransfer.evaluate import LOWER_IS_BETTER, METRICS, SEGMENTATION_METRICS
@@ -102,8 +103,10 @@ def _uses_channels_last(hw: HardwareConfig, backbone: Backbone) -> bool:
 def fine_tune(data: ImageDataset, train_indices: np.ndarray, backbone: Backbone, strategy: Strategy, view: str,
               train: TrainConfig, hardware: HardwareConfig, seed: int, workdir: Path,
               input_size: tuple[int, ...] | None = None, verbose: bool = False,
-              frozen_features: bool = True) -> FineTuneResult:
+              normalisation: Normalisation = DEFAULT, frozen_features: bool = True) -> FineTuneResult:
     """Fine-tune ``backbone`` (already initialised) on ``train_indices`` of ``data.train``; returns test metrics.
+
+    ``normalisation`` is the init's, for the data's channels (``Normalisation.for_channels``); 0.5 / 0.5 by default.
 
     The caller seeds before building the backbone; this function re-seeds so the head, data order and
     augmentation are fixed by ``seed`` too. A backbone or prefix frozen for the whole run (``linear``, ``knn``,
@@ -117,13 +120,14 @@ def fine_tune(data: ImageDataset, train_indices: np.ndarray, backbone: Backbone,
     channels_last = _uses_channels_last(hardware, backbone)
     segmentation = data.task == "segmentation"
     if segmentation:  # patches in, whole images scored by sliding window: ``input_size`` is the encoder's patch
-        model, module = build_segmentation(data, backbone, strategy, view, train, monitor, channels_last)
+        model, module = build_segmentation(data, backbone, strategy, view, train, monitor, channels_last,
+                                           normalisation)
     else:
         model = Classifier(backbone, data.num_classes, dropout=train.dropout)
         if channels_last:
             model = model.to(memory_format=torch.channels_last)
         module = FineTuner(model, data.task, strategy, view, train, Preprocess(data.spatial_dims, size=input_size,
-                           augment=train.augment), channels_last=channels_last)
+                           augment=train.augment, normalisation=normalisation), channels_last=channels_last)
         spec = cached_input_spec(strategy, module, data, input_size or data.image_size, view, train, hardware,
                                  frozen_features)
         if spec is not None:

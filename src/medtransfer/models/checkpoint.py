@@ -1,7 +1,8 @@
 """medtransfer's one checkpoint format: backbone weights in safetensors + a small JSON of metadata beside them.
 
 safetensors cannot execute code when read, unlike pickle; the JSON keeps what a user needs to reuse the weights
-(method, backbone, channels, input size, dataset, epochs, version, the chain of inits) readable without torch.
+(method, backbone, channels, input size, the input normalisation the weights were trained with, dataset, epochs,
+version, the chain of inits) readable without torch.
 Foreign ``.pth/.pt/.ckpt`` files are read with ``weights_only=True`` only.
 """
 
@@ -17,6 +18,7 @@ from safetensors.torch import save_file
 from timm.models import adapt_input_conv
 
 from medtransfer import __version__
+from medtransfer.data.normalisation import Normalisation
 from medtransfer.errors import CheckpointError
 from medtransfer.hashing import file_digest
 from medtransfer.models.backbones import Backbone
@@ -67,6 +69,12 @@ def read_metadata(path: str | Path) -> dict:
         raise CheckpointError(f"{sidecar}: metadata is not valid JSON ({err})") from err
 
 
+def file_normalisation(path: str | Path) -> Normalisation:
+    """The input normalisation recorded beside a checkpoint; 0.5 / 0.5 when none is (a foreign file, an older
+    medtransfer checkpoint: both were trained or imported without one)."""
+    return Normalisation.from_dict(read_metadata(path).get("normalisation"))
+
+
 def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
     """A flat state dict from a safetensors file (sha256 checked against its sidecar) or any file ``readers`` can
     read safely, with training-script wrappers (``state_dict``, DDP's ``module.`` ...) removed."""
@@ -84,12 +92,16 @@ def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def load_backbone_weights(backbone: Backbone, state: dict[str, torch.Tensor], source: str) -> dict:
+def load_backbone_weights(backbone: Backbone, state: dict[str, torch.Tensor], source: str,
+                          normalisation: Normalisation | None = None) -> dict:
     """Load ``state`` into ``backbone`` exactly: only head keys may be left over; anything else is an error.
 
     The first convolution is adapted to the data's channel count the timm way (summed for grayscale, repeated and
     rescaled otherwise; grey weights are repeated and divided by the channel count) instead of failing or silently
-    repeating the image. Returns what was adapted/ignored.
+    repeating the image. For grayscale, each channel's kernel is first scaled by ``normalisation``'s
+    ``grey_weight_scales`` when the weights' channel stds differ, so the grey image normalised with
+    ``normalisation.for_channels(1)`` gives the RGB network's response to the grey image copied into every channel
+    (derivation in ``data/normalisation.py``). Returns what was adapted/ignored.
     """
     target = backbone.model.state_dict()
     state = dict(state)
@@ -103,6 +115,10 @@ def load_backbone_weights(backbone: Backbone, state: dict[str, torch.Tensor], so
         if weight.shape[1] == 1:  # grey -> N channels: an image with N equal channels gives the grey response
             adapted = flat.repeat(1, target[conv].shape[1], 1, 1) / target[conv].shape[1]
         else:
+            if target[conv].shape[1] == 1 and normalisation is not None and len(normalisation.std) == \
+                    weight.shape[1] and len(set(normalisation.std)) > 1:
+                scales = normalisation.grey_weight_scales().view(1, -1, 1, 1)
+                flat = (flat.double() * scales).to(flat.dtype)
             try:
                 adapted = adapt_input_conv(target[conv].shape[1], flat)
                 if adapted.shape[1] != target[conv].shape[1]:  # timm hands N -> 3 back unchanged instead of raising

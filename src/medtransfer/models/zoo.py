@@ -5,6 +5,7 @@ file the user already has; both verify the published checksum when one exists (e
 sha256 and say so), convert the file's layout (``convert.py``), load it *exactly* into the entry's backbone (only
 heads may be left over) and only then write the cache, atomically: a bad file never touches a cached entry.
 URLs and checksums are the publishers' (most via the BenchmarkTransferLearning list, Hosseinzadeh Taher et al.).
+Each entry also carries the input normalisation its publishers trained with, which fine-tuning then applies.
 """
 
 from __future__ import annotations
@@ -19,9 +20,11 @@ from pathlib import Path
 
 import torch
 
+from medtransfer.data.normalisation import DEFAULT, IMAGENET, UNIT_RANGE, Normalisation
 from medtransfer.errors import CheckpointError, ConfigError, allowed
 from medtransfer.models.backbones import Backbone
-from medtransfer.models.checkpoint import FORMAT, load_backbone_weights, read_metadata, read_weights, save_backbone
+from medtransfer.models.checkpoint import (FORMAT, file_normalisation, load_backbone_weights, read_metadata,
+                                           read_weights, save_backbone)
 from medtransfer.models.convert import convert, detect_layout
 from medtransfer.models.factory import create_backbone
 from medtransfer.models.readers import flatten_source, read_source
@@ -44,12 +47,17 @@ class ZooEntry:
     note: str = ""
     in_chans: int = 3
     input_size: tuple[int, ...] = (224, 224)
+    normalisation: Normalisation = IMAGENET  # of [0, 1] inputs, as the publishers' training code applied it
 
 
 def _ssl(method: str, url: str, layout: str, licence: str, paper: str, **kw) -> ZooEntry:
     return ZooEntry("resnet50", "ImageNet-1k (no labels)", method, url, layout, licence, paper, **kw)
 
 
+# Normalisation: torchvision, the PyTorch SSL codes (MoCo, PCL, PyContrast, SwAV, Barlow Twins), iNat2021/NeWT and
+# BYOL's Haiku code normalise with ImageNet's mean/std; SimCLR's TF code feeds [0, 1] images as they are; Models
+# Genesis feeds HU windowed [-1000, 1000] -> [0, 1] as it is; MedicalNet z-scores each volume over its non-zero
+# voxels, which no fixed mean/std expresses, so its entries keep medtransfer's 0.5 / 0.5.
 _SIMCLR_NOTE = ("TF checkpoint: export its variables to .npz (README, 'SimCLR from TensorFlow') and "
                 "`zoo import NAME FILE.npz`")
 _MEDICALNET = "https://huggingface.co/TencentMedicalNet/MedicalNet-Resnet{d}/resolve/main/resnet_{d}_23dataset.pth"
@@ -79,12 +87,12 @@ ZOO: dict[str, ZooEntry] = {
                    "PCL_v2_epoch200.pth.tar", "moco", "MIT (salesforce/PCL)", "Li et al. 2021"),
     "simclr_v1": _ssl("SimCLR v1", "https://storage.cloud.google.com/simclr-gcs/checkpoints/ResNet50_1x.zip",
                       "simclr_tf", "Apache-2.0 (google-research/simclr)", "Chen et al. 2020a", direct=False,
-                      note=_SIMCLR_NOTE),
+                      note=_SIMCLR_NOTE, normalisation=UNIT_RANGE),
     "moco_v2": _ssl("MoCo v2", f"{_FB}/moco/moco_checkpoints/moco_v2_800ep/moco_v2_800ep_pretrain.pth.tar", "moco",
                     "CC-BY-NC 4.0 (facebookresearch/moco)", "Chen et al. 2020c", checksum="md5:a04e12f8"),
     "simclr_v2": _ssl("SimCLR v2", "https://storage.googleapis.com/simclr-checkpoints/simclrv2/pretrained/r50_1x_sk0/",
                       "simclr_tf", "Apache-2.0 (google-research/simclr)", "Chen et al. 2020b", direct=False,
-                      note=_SIMCLR_NOTE),
+                      note=_SIMCLR_NOTE, normalisation=UNIT_RANGE),
     "sela_v2": _ssl("SeLa v2", f"{_FB}/deepcluster/selav2_400ep_pretrain.pth.tar", "swav",
                     "CC-BY-NC 4.0 (facebookresearch/swav)", "Caron et al. 2020"),
     "infomin": _ssl("InfoMin", f"{_DROPBOX}/AAAzMTynP3Qc8mIE4XWkgILUa/InfoMin_800.pth?dl=1", "pycontrast",
@@ -103,11 +111,11 @@ ZOO: dict[str, ZooEntry] = {
         "genesis_unet_encoder_3d", "LUNA16 chest CT (no labels)", "Models Genesis",
         "https://github.com/MrGiovanni/ModelsGenesis/tree/master/pytorch", "models_genesis", "MIT (ModelsGenesis)",
         "Zhou et al. 2019", direct=False, note="Genesis_Chest_CT.pt, sent after the request form on that page",
-        in_chans=1, input_size=(64, 64, 32)),
+        in_chans=1, input_size=(64, 64, 32), normalisation=UNIT_RANGE),
     **{f"medicalnet_resnet{d}": ZooEntry(
         f"medicalnet_resnet{d}_3d", "23 medical 3D segmentation datasets", "supervised segmentation",
         _MEDICALNET.format(d=d), "medicalnet", "MIT (Tencent/MedicalNet)", "Chen et al. 2019",
-        in_chans=1, input_size=(64, 64, 64)) for d in (10, 18, 50)},
+        in_chans=1, input_size=(64, 64, 64), normalisation=DEFAULT) for d in (10, 18, 50)},
 }
 
 
@@ -143,9 +151,11 @@ def verify_checksum(path: Path, checksum: str | None, source: str) -> str:
     return digests["sha256"].hexdigest()
 
 
-def load_foreign(backbone: Backbone, path: Path, layout: str | None = None, source: str | None = None) -> dict:
+def load_foreign(backbone: Backbone, path: Path, layout: str | None = None, source: str | None = None,
+                 normalisation: Normalisation | None = None) -> dict:
     """Read any supported file safely, convert its layout (auto-detected unless given) and load it exactly into
-    ``backbone``. Returns the import report: layout, wrapper, loaded tensors, dropped groups, ignored, adapted."""
+    ``backbone`` (a grey first conv adapted for ``normalisation``). Returns the import report: layout, wrapper,
+    loaded tensors, dropped groups, ignored, adapted."""
     source = source or str(path)
     flat, read = flatten_source(read_source(path), source)
     layout = layout or detect_layout(flat)
@@ -153,17 +163,20 @@ def load_foreign(backbone: Backbone, path: Path, layout: str | None = None, sour
         converted = convert(flat, backbone.model.state_dict(), layout)
     except CheckpointError as err:
         raise CheckpointError(f"{source}: {err}") from None
-    report = load_backbone_weights(backbone, converted.state, source)
+    report = load_backbone_weights(backbone, converted.state, source, normalisation)
     return {"layout": layout, **read, "loaded": len(converted.state) - len(report["ignored"]),
             "dropped": {group: len(keys) for group, keys in sorted(converted.dropped.items())}, **report}
 
 
-def load_init(backbone: Backbone, path: Path, source: str | None = None) -> dict:
-    """Load an init file: medtransfer's own format as it is (sha256 checked), anything else through ``load_foreign``."""
+def load_init(backbone: Backbone, path: Path, source: str | None = None,
+              normalisation: Normalisation | None = None) -> dict:
+    """Load an init file: medtransfer's own format as it is (sha256 checked), anything else through ``load_foreign``.
+    ``normalisation`` is the init's (``init_normalisation``); by default the one recorded beside the file."""
+    normalisation = file_normalisation(path) if normalisation is None else normalisation
     if read_metadata(path).get("format") == FORMAT:
-        report = load_backbone_weights(backbone, read_weights(path), source or str(path))
+        report = load_backbone_weights(backbone, read_weights(path), source or str(path), normalisation)
         return {"layout": FORMAT, **report}
-    return load_foreign(backbone, path, source=source)
+    return load_foreign(backbone, path, source=source, normalisation=normalisation)
 
 
 def describe_report(report: dict) -> str:
@@ -195,6 +208,7 @@ def import_file(name: str, file: str | Path) -> tuple[Path, dict]:
                       source_url=entry.url, source_file=file.name, source_sha256=observed,
                       published_checksum=entry.checksum, checksum_verified=entry.checksum is not None,
                       layout=entry.layout, licence=entry.licence, paper=entry.paper, import_report=report,
+                      normalisation=entry.normalisation.to_dict(),
                       lineage=[f"{name} (zoo)"], init_chain=[])
         old = final.with_name(f".{name}.old")
         if final.exists():
@@ -233,7 +247,8 @@ def fetch(name: str, timeout: float = 60.0) -> tuple[Path, dict]:
 
 def zoo_rows() -> list[dict]:
     return [{"name": name, "arch": e.architecture, "data": e.data, "method": e.method, "url": e.url,
-             "checksum": e.checksum or "-", "licence": e.licence, "cached": "yes" if cached_file(name) else "no"}
+             "checksum": e.checksum or "-", "licence": e.licence, "norm": e.normalisation.label,
+             "cached": "yes" if cached_file(name) else "no"}
             for name, e in ZOO.items()]
 
 
@@ -277,3 +292,17 @@ def resolve_weights(zoo: str | None = None, timm: str | None = None, checkpoint:
     if not Path(checkpoint).is_file():
         raise CheckpointError(f"{key}: checkpoint {checkpoint} does not exist")
     return Path(checkpoint), Path(checkpoint).name
+
+
+def init_normalisation(zoo: str | None = None, timm: str | None = None,
+                       checkpoint: Path | None = None) -> Normalisation:
+    """The input normalisation the weights of an init were trained with, per channel of the weights: the zoo
+    entry's, timm's ``pretrained_cfg`` mean/std, or the one recorded beside a checkpoint (0.5 / 0.5 if none)."""
+    if zoo is not None:
+        return zoo_entry(zoo).normalisation
+    if timm is not None:
+        from timm.models import get_pretrained_cfg
+
+        cfg = get_pretrained_cfg(timm)
+        return Normalisation(tuple(cfg.mean), tuple(cfg.std)) if cfg and cfg.mean and cfg.std else DEFAULT
+    return file_normalisation(checkpoint) if checkpoint is not None else DEFAULT

@@ -15,6 +15,7 @@ import torch
 from pydantic import BaseModel, ConfigDict
 from torch import nn
 
+from medtransfer.data.normalisation import DEFAULT
 from medtransfer.data.transforms import MedicalViews
 from medtransfer.models.backbones import Backbone
 
@@ -54,9 +55,12 @@ class BaseMethod(nn.Module):
         """The method's objective on a batch of [0, 1] images (B, C, *spatial)."""
         raise NotImplementedError
 
+    normalisation = DEFAULT  # the init's statistics for the data's channels, set by ``pretrain``; random init: 0.5/0.5
+
     def normalise(self, x: torch.Tensor) -> torch.Tensor:
-        """The same normalisation fine-tuning uses, so pre-trained features see familiar inputs."""
-        return (x - 0.5) / 0.5
+        """The init's normalisation, which the checkpoint records and fine-tuning then uses, so the weights always see
+        inputs with the statistics they were trained on."""
+        return self.normalisation(x)
 
     def after_backward(self) -> None:
         """Edit the gradients of the step in progress (e.g. freeze a head during the first epoch)."""

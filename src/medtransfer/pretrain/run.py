@@ -23,33 +23,51 @@ from medtransfer.bench.store import config_hash
 from medtransfer.config import PretrainConfig, WeightsSource
 from medtransfer.data import load_dataset
 from medtransfer.data.base import CLASSIFICATION_TASKS
+from medtransfer.data.normalisation import DEFAULT, Normalisation
 from medtransfer.data.transforms import MedicalViews
 from medtransfer.errors import CheckpointError, ConfigError, allowed
 from medtransfer.finetune.train import trainer_kwargs
 from medtransfer.models.checkpoint import read_metadata, save_backbone, sha256_file
 from medtransfer.models.factory import create_backbone
-from medtransfer.models.zoo import load_init, resolve_weights
+from medtransfer.models.zoo import init_normalisation, load_init, resolve_weights
 from medtransfer.pretrain import METHODS
+from medtransfer.pretrain.base import BaseMethod
 from medtransfer.pretrain.module import PretrainModule
 from medtransfer.pretrain.probe import OnlineProbe
 
 CHECKPOINT_NAME = "backbone.safetensors"
 
 
-def resolve_init(cfg: PretrainConfig) -> tuple[Path, str] | None:
-    """(file, lineage label) of the weights a continual pre-training starts from: a file, zoo or timm name."""
+def _init_source(cfg: PretrainConfig) -> WeightsSource | None:
     if cfg.init is None:
         return None
-    source = cfg.init if isinstance(cfg.init, WeightsSource) else WeightsSource(checkpoint=cfg.init)
-    return resolve_weights(source.zoo, source.timm, source.checkpoint, key="init")
+    return cfg.init if isinstance(cfg.init, WeightsSource) else WeightsSource(checkpoint=cfg.init)
+
+
+def resolve_init(cfg: PretrainConfig) -> tuple[Path, str] | None:
+    """(file, lineage label) of the weights a continual pre-training starts from: a file, zoo or timm name."""
+    source = _init_source(cfg)
+    return None if source is None else resolve_weights(source.zoo, source.timm, source.checkpoint, key="init")
+
+
+def pretrain_init_normalisation(cfg: PretrainConfig) -> Normalisation:
+    """The init's input statistics (per channel of its weights); 0.5 / 0.5 without an init."""
+    source = _init_source(cfg)
+    if source is None:
+        return DEFAULT
+    return init_normalisation(source.zoo, source.timm, resolve_init(cfg)[0] if source.checkpoint else None)
 
 
 def resolved_pretrain_config(cfg: PretrainConfig) -> dict:
-    """The config plus the content hash of its init, so a changed init file means a new pre-training. The online
-    probe only watches, so it does not change the identity of a pre-training."""
+    """The config plus the content hash of its init, so a changed init file means a new pre-training, and the
+    init's normalisation where it is not 0.5 / 0.5 (so pre-trainings that always used 0.5 / 0.5 keep their hash).
+    The online probe only watches, so it does not change the identity of a pre-training."""
     resolved = cfg.model_dump(mode="json", exclude={"output", "hardware", "online_probe"})
     if cfg.init is not None:
         resolved["init_sha256"] = sha256_file(resolve_init(cfg)[0])
+        normalisation = pretrain_init_normalisation(cfg)
+        if not normalisation.is_default:
+            resolved["init_normalisation"] = normalisation.to_dict()
     return resolved
 
 
@@ -150,9 +168,10 @@ def pretrain(cfg: PretrainConfig, output: Path | None = None, verbose: bool = Fa
     backbone = create_backbone(cfg.backbone.name, data.in_chans, input_size, cfg.backbone.small_stem,
                                spatial_dims=data.spatial_dims)
     chain, lineage = [], []
+    init_norm = pretrain_init_normalisation(cfg)
     if cfg.init is not None:
         path, label = resolve_init(cfg)
-        report = load_init(backbone, path)
+        report = load_init(backbone, path, normalisation=init_norm)
         parent = read_metadata(path)
         chain = parent.get("init_chain", []) + [{"checkpoint": str(path), "source": label,
                                                  "method": parent.get("method"), "dataset": parent.get("dataset"),
@@ -168,6 +187,10 @@ def pretrain(cfg: PretrainConfig, output: Path | None = None, verbose: bool = Fa
     labels_info = {"task": data.task, "num_classes": data.num_classes} if method_cls.needs_labels else {}
     method = method_cls(backbone, options, views=cfg.views, input_size=input_size, n_images=len(data.train),
                         **labels_info)
+    normalisation = init_norm.for_channels(data.in_chans)
+    for part in method.modules():  # multi_ssl's sub-methods normalise for themselves
+        if isinstance(part, BaseMethod):
+            part.normalisation = normalisation
     module = PretrainModule(method, lr=cfg.lr, weight_decay=cfg.weight_decay, epochs=cfg.epochs,
                             warmup_epochs=cfg.warmup_epochs, probe=probe)
 
@@ -197,7 +220,7 @@ def pretrain(cfg: PretrainConfig, output: Path | None = None, verbose: bool = Fa
     if trainer.is_global_zero:
         save_backbone(backbone, checkpoint, method=cfg.method, family=method.family, dataset=cfg.data.name,
                       epochs=cfg.epochs, config=resolved_pretrain_config(cfg), config_hash=key, init_chain=chain,
-                      lineage=lineage + [cfg.data.name, cfg.method],
+                      lineage=lineage + [cfg.data.name, cfg.method], normalisation=normalisation.to_dict(),
                       final_loss=float(trainer.callback_metrics.get("pretrain/loss", float("nan"))))
         shutil.rmtree(output / "lightning", ignore_errors=True)  # finished: the resume state is no longer needed
     trainer.strategy.barrier("pretrain checkpoint written")  # under DDP, other ranks read it next
