@@ -69,12 +69,14 @@ def test_features_are_extracted_once_per_weights_and_normalisation(tiny2d, make_
 
 
 def test_feature_key_follows_mean_std_input_size_and_images(tiny2d, make_backbone):
+    from medtransfer.data.normalisation import Normalisation
     from medtransfer.data.transforms import Preprocess
     from medtransfer.finetune.features import FeatureSpec, feature_key
     backbone = make_backbone()
 
-    def key(data=tiny2d, **pre):
-        spec = FeatureSpec.of(Preprocess(2, **pre), data.image_size, "stage", "32-true", False)
+    def key(data=tiny2d, mean=0.5, std=0.5):
+        pre = Preprocess(2, normalisation=Normalisation((mean,), (std,)))
+        spec = FeatureSpec.of(pre, data.image_size, "stage", "32-true", False)
         return feature_key(backbone, data, spec)[0]
     import dataclasses
     from medtransfer.data.base import Split
