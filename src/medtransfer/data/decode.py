@@ -102,12 +102,14 @@ def _results(items: Sequence[K], read, workers: int) -> Iterator:
         for item in items:
             yield _attempt(read, item)
         return
+    # The first file is decoded here, so the readers it imports (MONAI, ITK ...) are imported once, before the
+    # workers fork, rather than once in every worker.
+    yield _attempt(read, items[0])
     methods = multiprocessing.get_all_start_methods()
     context = multiprocessing.get_context("fork" if "fork" in methods else None)  # fork: no re-import per worker
     with ProcessPoolExecutor(workers, mp_context=context, initializer=_one_thread) as pool:
         pending: deque = deque()
-        upcoming = iter(items)
-        for item in upcoming:
+        for item in items[1:]:
             pending.append(pool.submit(_attempt, read, item))
             if len(pending) >= workers * IN_FLIGHT_PER_WORKER:
                 yield pending.popleft().result()
