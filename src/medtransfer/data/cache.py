@@ -27,6 +27,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from medtransfer.cache import datasets_root
+from medtransfer.errors import DataError
 
 FORMAT = 1  # bump when decoding changes what an entry holds, so older entries are no longer found
 MANIFEST = "manifest.json"
@@ -101,8 +102,12 @@ def open_entry(key: str) -> Entry | None:
 def staging(key: str) -> Iterator[Path]:
     """A private folder for a new entry; removed on any exit, after `publish` has renamed it into place or not."""
     root = datasets_root()
-    root.mkdir(parents=True, exist_ok=True)
-    folder = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{key}-", dir=root))
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        folder = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{key}-", dir=root))
+    except OSError as e:
+        raise DataError(f"dataset cache {root} is not writable ({e}); allowed: a writable folder in "
+                        "MEDTRANSFER_CACHE") from None
     try:
         yield folder
     finally:
