@@ -1,5 +1,6 @@
 """The dataset cache: hits, misses, invalidation, interrupted and concurrent decodes, and the CLI over it."""
 
+import functools
 import os
 import subprocess
 import sys
@@ -14,8 +15,8 @@ from PIL import Image
 from medtransfer.cache import cache_root, datasets_root
 from medtransfer.cli import main
 from medtransfer.data import decode as decode_module
-from medtransfer.data import forget_loaded_datasets, load_dataset
-from medtransfer.data.cache import list_entries
+from medtransfer.data import DATASETS, forget_loaded_datasets, load_dataset
+from medtransfer.data.cache import clear_entries, list_entries
 from medtransfer.data.fast2d import decode_image
 from medtransfer.errors import DataError
 
@@ -97,8 +98,6 @@ def test_a_touched_or_added_file_invalidates_the_entry(xrays, decodes):
 
 def test_process_pool_gives_the_arrays_of_one_process(xrays):
     one = load(xrays)
-    from medtransfer.data.cache import clear_entries
-
     clear_entries()
     pooled = load_dataset("csv", root=str(xrays), csv="labels.csv", size=16, workers=2)
     np.testing.assert_array_equal(one.train.images, pooled.train.images)
@@ -201,3 +200,28 @@ def test_cli_lists_and_clears_entries(xrays, capsys):
     assert "no entry nosuchkey" in capsys.readouterr().err
     assert main(["cache", "clear", key]) == 0
     assert list_entries() == []
+
+
+def test_grid_checks_and_inline_pretraining_share_one_dataset(monkeypatch):
+    from medtransfer.bench.runner import prepare
+    from medtransfer.config import ExperimentConfig, validate_config
+
+    calls = []
+    real = DATASETS["synthetic2d"]
+
+    @functools.wraps(real)
+    def counted(**options):
+        calls.append(options)
+        return real(**options)
+
+    monkeypatch.setitem(DATASETS, "synthetic2d", counted)
+    data = {"name": "synthetic2d", "n_train": 30, "n_val": 15, "n_test": 15, "size": 16}
+    simclr = {"method": "simclr", "data": data, "backbone": {"name": "resnet_tiny"}, "epochs": 1, "batch_size": 8}
+    cfg = validate_config({"name": "t", "datasets": [data], "backbone": {"name": "resnet_tiny"},
+                           "inits": ["random", {"label": "simclr", "pretrain": simclr}], "strategies": ["end_to_end"],
+                           "label_fractions": [1.0], "seeds": [0], "train": {"epochs": 1, "batch_size": 8}},
+                          ExperimentConfig)
+    prepared = prepare(cfg)
+    assert len(calls) == 1
+    assert load_dataset("synthetic2d", **{k: v for k, v in data.items() if k != "name"}) is \
+        next(iter(prepared.data.values()))

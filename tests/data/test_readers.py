@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from medtransfer.data import load_dataset
-from medtransfer.data.fast2d import decode_image
+from medtransfer.data.fast2d import decode_image, percentiles_uint16
 from medtransfer.data.io import prepare_image, read_image
 from medtransfer.errors import DataError
 
@@ -94,3 +94,15 @@ def test_eight_bit_fast_path_matches_the_monai_path_closely(tmp_path, mode, chan
     assert np.abs(fast.astype(int) - slow.astype(int)).mean() < 2.5  # filters differ slightly; layout is identical
     pad = np.r_[0:3, 28:32]  # 90x70 -> 32x25, padded 3 + 4 columns by both paths
     assert (fast[:, :, pad] == 0).all() and (slow[:, :, pad] == 0).all() and (fast[:, :, 3:28] > 0).mean() > 0.9
+
+
+def test_sixteen_bit_fast_path_uses_the_same_percentiles(tmp_path):
+    rng = np.random.default_rng(3)
+    smooth = np.cumsum(np.cumsum(rng.normal(0, 10, (80, 64)), axis=0), axis=1)  # like a radiograph, not noise
+    pixels = (smooth - smooth.min() + 1000).astype(np.uint16)
+    assert percentiles_uint16(pixels) == pytest.approx(tuple(np.percentile(pixels, [0.5, 99.5])), abs=1e-6)
+    Image.fromarray(pixels).save(tmp_path / "a.png")
+    fast = decode_image(tmp_path / "a.png", None, None, (40, 40), "pad", None, None)
+    slow = prepare_image(read_image(tmp_path / "a.png"), tmp_path / "a.png", (40, 40), "pad", None, None)
+    assert fast.shape == slow.shape == (1, 40, 40) and fast.dtype == np.uint8
+    assert np.abs(fast.astype(int) - slow.astype(int)).mean() < 2.5

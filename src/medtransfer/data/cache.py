@@ -81,6 +81,12 @@ class Entry:
     arrays: dict[str, dict[str, np.ndarray]]
     skipped: list[tuple[str, str]]
 
+    def summary(self) -> str:
+        """One sentence for a dataset description: what was left out and why."""
+        if not self.skipped:
+            return ""
+        return f" Skipped {len(self.skipped)} unusable file(s): " + "; ".join(f"{p} ({r})" for p, r in self.skipped)
+
 
 def open_entry(key: str) -> Entry | None:
     """The entry for ``key``, memory-mapped copy-on-write (writes stay private to the process), or None."""

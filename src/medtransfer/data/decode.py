@@ -16,7 +16,6 @@ import multiprocessing
 import os
 from collections import Counter, deque
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Sequence, TypeVar
 
@@ -32,21 +31,6 @@ K = TypeVar("K")
 IN_FLIGHT_PER_WORKER = 4  # tasks queued per worker: keeps every core busy without buffering the dataset
 
 
-@dataclass(frozen=True)
-class Decoded:
-    """Per split: the positions (in the items given) of the files kept, and their stacked arrays by name."""
-
-    indices: dict[str, np.ndarray]
-    arrays: dict[str, dict[str, np.ndarray]]
-    skipped: list[tuple[str, str]]
-
-    def summary(self) -> str:
-        """One sentence for a dataset description: what was left out and why."""
-        if not self.skipped:
-            return ""
-        return f" Skipped {len(self.skipped)} unusable file(s): " + "; ".join(f"{p} ({r})" for p, r in self.skipped)
-
-
 def check_workers(workers: int | None, where: str) -> int:
     """``workers``: processes decoding files; None = every core this process may use."""
     if workers is None:
@@ -57,7 +41,7 @@ def check_workers(workers: int | None, where: str) -> int:
 
 
 def decode(items: Sequence[K], read: Callable[[K], dict[str, np.ndarray]], splits: Sequence[str],
-           files: Sequence[Sequence[Path]], on_error: str, where: str, workers: int | None) -> Decoded:
+           files: Sequence[Sequence[Path]], on_error: str, where: str, workers: int | None) -> cache.Entry:
     """Decoded arrays of ``items`` (each in split ``splits[i]``, read from ``files[i]``) from the cache, or read now.
 
     ``read`` must be picklable (a module-level function or a partial of one) — it runs in worker processes — and is
@@ -79,7 +63,7 @@ def decode(items: Sequence[K], read: Callable[[K], dict[str, np.ndarray]], split
                             "after writing it; allowed: a writable, local MEDTRANSFER_CACHE folder")
     else:
         report_unusable(entry.skipped, len(items), on_error, where)
-    return Decoded(entry.indices, entry.arrays, entry.skipped)
+    return entry
 
 
 def _attempt(read, item):
@@ -137,26 +121,25 @@ class _Sink:
         self.written[split].append((row, position))
 
     def finish(self) -> tuple[dict[str, np.ndarray], dict[str, dict[str, str]]]:
-        """Flush, drop the rows of unusable files (copying kept rows forward in place), and name the files."""
+        """Flush, drop the rows of unusable files (copying the kept rows to a shorter file), and name the files."""
         indices, names = {}, {}
         for split in SPLITS:
             done = sorted(self.written[split])
             indices[split] = np.array([p for _, p in done], np.int64)
             names[split] = {}
             for name, rows in self.maps[split].items():
+                file = self.folder / f"{split}.{name}.npy"
                 if len(done) < len(rows):
-                    for target, (row, _) in enumerate(done):
-                        rows[target] = rows[row]
-                    rows.flush()
-                    kept = np.lib.format.open_memmap(self.folder / f"{split}.{name}.kept.npy", "w+", rows.dtype,
+                    kept = np.lib.format.open_memmap(file.with_suffix(".kept"), "w+", rows.dtype,
                                                      (len(done), *rows.shape[1:]))
-                    kept[:] = rows[:len(done)]
+                    for target, (row, _) in enumerate(done):
+                        kept[target] = rows[row]
                     kept.flush()
                     del kept
-                    os.replace(self.folder / f"{split}.{name}.kept.npy", self.folder / f"{split}.{name}.npy")
+                    os.replace(file.with_suffix(".kept"), file)
                 else:
                     rows.flush()
-                names[split][name] = f"{split}.{name}.npy"
+                names[split][name] = file.name
         self.maps.clear()
         return indices, names
 

@@ -14,7 +14,8 @@ from typing import Sequence
 import numpy as np
 
 from medtransfer.data.base import ImageDataset, Split
-from medtransfer.data.decode import Decoded, decode
+from medtransfer.data.cache import Entry
+from medtransfer.data.decode import decode
 from medtransfer.data.fast2d import image_arrays
 from medtransfer.data.io import (DICOM_SUFFIXES, IMAGE_SUFFIXES, VOLUME_SUFFIXES, check_aspect, check_size_option,
                                  suffix, window_range)
@@ -32,7 +33,7 @@ def _files(root: str, pattern: str, suffixes: Sequence[str], where: str, folders
     return found
 
 
-def _unlabelled(name: str, spatial_dims: int, decoded: Decoded, root: str, what: str) -> ImageDataset:
+def _unlabelled(name: str, spatial_dims: int, decoded: Entry, root: str, what: str) -> ImageDataset:
     train, val, test = (decoded.arrays[s]["image"] for s in ("train", "val", "test"))
     return ImageDataset(
         name=name, task="unlabelled", class_names=("image",), spatial_dims=spatial_dims,
