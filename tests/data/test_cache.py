@@ -96,6 +96,13 @@ def test_a_touched_or_added_file_invalidates_the_entry(xrays, decodes):
     assert len(decodes) == 24 + 13 and len(data.train) + len(data.val) + len(data.test) == 13
 
 
+def test_a_damaged_entry_is_decoded_again(xrays, decodes):
+    first = load(xrays)
+    (datasets_root() / list_entries()[0]["key"] / "train.image.npy").unlink()
+    again = load(xrays)
+    assert len(decodes) == 24 and images_of(again) == images_of(first)
+
+
 def test_process_pool_gives_the_arrays_of_one_process(xrays):
     one = load(xrays)
     clear_entries()

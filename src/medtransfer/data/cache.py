@@ -100,6 +100,8 @@ def open_entry(key: str) -> Entry | None:
             indices[split] = np.load(folder / spec["indices"])
             arrays[split] = {name: np.load(folder / file, mmap_mode="c") for name, file in spec["arrays"].items()}
     except (OSError, ValueError, KeyError):
+        if folder.is_dir():  # complete when renamed into place, so damaged since (a file deleted): decode again
+            shutil.rmtree(folder, ignore_errors=True)
         return None
     return Entry(key, indices, arrays, [tuple(s) for s in manifest["skipped"]])
 
