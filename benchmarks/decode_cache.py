@@ -5,6 +5,9 @@ Generates N textured 1024² 8-bit PNGs ("X-rays") listed in a CSV, then measures
 - the `csv` loader's first load (cache empty) with 1 worker and with every core, in images/s, against a plain loop
   (PIL open + the same 8-bit bilinear resize + ``np.stack``) on one core — targets >= 0.7x per core, >= 1.6x on
   2 cores;
+- CPU seconds per image of both first loads (workers included): equal CPU means the pool adds no work, so on idle
+  cores the wall-clock speed-up approaches the worker count; on a shared machine the wall ratio says how many cores
+  were free;
 - the second load (a cache hit: memory-mapping) against the first — target >= 50x;
 - peak RSS growth while loading, as a slope per image from two fresh processes loading N/2 and N images (1 worker),
   next to the size of one output image (224² bytes) — the cache writes into memory maps, so the slope should be
@@ -58,9 +61,11 @@ def timed_load(folder: Path, workers: int | None, csv: str = "labels.csv"):
     from medtransfer.data import forget_loaded_datasets, load_dataset
 
     forget_loaded_datasets()
-    start = time.perf_counter()
+    before, start = os.times(), time.perf_counter()
     data = load_dataset("csv", root=str(folder), csv=csv, size=SIZE, workers=workers)
-    return time.perf_counter() - start, data
+    seconds, after = time.perf_counter() - start, os.times()
+    cpu = sum(getattr(after, f) - getattr(before, f) for f in ("user", "system", "children_user", "children_system"))
+    return seconds, data, cpu
 
 
 def rss_growth_child(folder: Path, csv: str, cache: Path) -> float:
@@ -112,10 +117,10 @@ def main() -> None:
         timed_load(folder, 1, "labels.csv")  # imports and first-touch costs outside the timings
         clear_entries()
         plain = plain_loop(folder, args.n)
-        one, _ = timed_load(folder, 1)
+        one, _, one_cpu = timed_load(folder, 1)
         clear_entries()
-        every, first = timed_load(folder, None)
-        hit, second = timed_load(folder, None)
+        every, first, every_cpu = timed_load(folder, None)
+        hit, second, _ = timed_load(folder, None)
         assert np.array_equal(first.train.images, second.train.images) and len(first.train) > 0
         old = old_path(folder, args.old_sample) / args.old_sample * args.n if args.old_sample else float("nan")
         half = args.n // 2
@@ -132,6 +137,9 @@ def main() -> None:
         (f"csv loader, first load, {cores} workers (img/s)", rate(every), plain / every,
          ">= 1.6x plain" if cores >= 2 else ""),
         (f"pre-cache MONAI path, est. from {args.old_sample} (img/s)", rate(old), plain / old, "(context)"),
+        ("CPU per image, 1 worker (ms)", one_cpu / args.n * 1e3, 1.0, ""),
+        (f"CPU per image, {cores} workers + parent (ms)", every_cpu / args.n * 1e3, every_cpu / one_cpu,
+         "~1x: no pool overhead"),
         ("second load, cache hit (s)", hit, every / hit, ">= 50x first load"),
         ("peak RSS slope while loading (KB/image)", slope_kb, slope_kb / (SIZE * SIZE / 1024),
          f"~1x output ({SIZE * SIZE / 1024:.0f} KB/image)"),

@@ -29,6 +29,7 @@ from medtransfer.errors import DataError
 
 K = TypeVar("K")
 IN_FLIGHT_PER_WORKER = 4  # tasks queued per worker: keeps every core busy without buffering the dataset
+MAX_CHUNK = 8  # files per task at most, so in flight are at most workers * 4 * 8 images
 
 
 def check_workers(workers: int | None, where: str) -> int:
@@ -67,11 +68,16 @@ def decode(items: Sequence[K], read: Callable[[K], dict[str, np.ndarray]], split
 
 
 def _attempt(read, item):
-    """Run in a worker: the arrays, or the (path, reason) of an unusable file (plain tuples pickle reliably)."""
+    """The arrays, or the (path, reason) of an unusable file (plain tuples pickle reliably)."""
     try:
         return read(item)
     except UnreadableFile as e:
         return (e.path, e.reason)
+
+
+def _attempt_all(read, chunk: list) -> list:
+    """Run in a worker: several files per task, so inter-process overhead stays small next to decoding."""
+    return [_attempt(read, item) for item in chunk]
 
 
 def _one_thread() -> None:
@@ -91,14 +97,16 @@ def _results(items: Sequence[K], read, workers: int) -> Iterator:
     yield _attempt(read, items[0])
     methods = multiprocessing.get_all_start_methods()
     context = multiprocessing.get_context("fork" if "fork" in methods else None)  # fork: no re-import per worker
+    rest = list(items[1:])
+    size = max(1, min(MAX_CHUNK, len(rest) // (workers * IN_FLIGHT_PER_WORKER)))
     with ProcessPoolExecutor(workers, mp_context=context, initializer=_one_thread) as pool:
         pending: deque = deque()
-        for item in items[1:]:
-            pending.append(pool.submit(_attempt, read, item))
+        for start in range(0, len(rest), size):
+            pending.append(pool.submit(_attempt_all, read, rest[start:start + size]))
             if len(pending) >= workers * IN_FLIGHT_PER_WORKER:
-                yield pending.popleft().result()
+                yield from pending.popleft().result()
         while pending:
-            yield pending.popleft().result()
+            yield from pending.popleft().result()
 
 
 class _Sink:
