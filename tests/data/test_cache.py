@@ -232,3 +232,21 @@ def test_grid_checks_and_inline_pretraining_share_one_dataset(monkeypatch):
     assert len(calls) == 1
     assert load_dataset("synthetic2d", **{k: v for k, v in data.items() if k != "name"}) is \
         next(iter(prepared.data.values()))
+
+
+def test_workers_does_not_change_run_or_pretraining_identities(xrays):
+    from medtransfer.bench.grid import expand
+    from medtransfer.config import ExperimentConfig, PretrainConfig, validate_config
+    from medtransfer.pretrain.run import resolved_pretrain_config
+
+    data = {"name": "csv", "root": str(xrays), "csv": "labels.csv", "size": 16}
+    grid = {"name": "t", "backbone": {"name": "resnet_tiny"}, "inits": ["random"], "strategies": ["end_to_end"],
+            "label_fractions": [1.0], "seeds": [0]}
+    ids = [spec.run_id(cfg, None) for cfg in (validate_config({**grid, "datasets": [d]}, ExperimentConfig)
+                                              for d in (data, {**data, "workers": 2})) for spec in expand(cfg)]
+    assert ids[0] == ids[1]
+    pre = [resolved_pretrain_config(validate_config({"method": "simclr", "data": d, "backbone": {"name": "resnet_tiny"}},
+                                                    PretrainConfig)) for d in (data, {**data, "workers": 2})]
+    assert pre[0] == pre[1]
+    other = validate_config({**grid, "datasets": [{**data, "size": 12}]}, ExperimentConfig)
+    assert expand(other)[0].run_id(other, None) != ids[0]

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from medtransfer.bench.store import config_hash
 from medtransfer.config import DatasetConfig, ExperimentConfig, InitConfig
+from medtransfer.data import identity_options
 from medtransfer.finetune.strategies import Strategy
 
 
@@ -29,7 +30,9 @@ class RunSpec:
                 "fraction": self.fraction, "seed": self.seed}
 
     def resolved(self, cfg: ExperimentConfig, init_sha256: str | None, segmentation: bool = False) -> dict:
-        return {"dataset": self.dataset.model_dump(mode="json"), "backbone": cfg.backbone.model_dump(mode="json"),
+        dataset = self.dataset.model_dump(mode="json")
+        dataset["options"] = identity_options(dataset["options"])
+        return {"dataset": dataset, "backbone": cfg.backbone.model_dump(mode="json"),
                 "init": {"kind": _init_kind(self.init), "sha256": init_sha256},
                 "strategy": self.strategy.model_dump(mode="json"), "fraction": self.fraction, "seed": self.seed,
                 "train": _train_identity(cfg, segmentation)}

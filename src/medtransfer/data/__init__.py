@@ -42,6 +42,13 @@ DATASETS: dict[str, Callable[..., ImageDataset]] = {
 
 
 _LOADED: dict[str, ImageDataset] = {}
+LOADING_ONLY_OPTIONS = ("workers",)  # change how a dataset is loaded, never what: kept out of run identities
+
+
+def identity_options(options: dict) -> dict:
+    """Dataset options that determine the data, for run and pre-training hashes (adding `workers` re-runs nothing)."""
+    return {k: v for k, v in options.items() if k not in LOADING_ONLY_OPTIONS}
+
 
 
 def load_dataset(name: str, /, **options) -> ImageDataset:
@@ -65,5 +72,5 @@ def forget_loaded_datasets() -> None:
     _LOADED.clear()
 
 
-__all__ = ["DATASETS", "TASKS", "ImageDataset", "Split", "forget_loaded_datasets", "label_fraction_indices",
-           "load_dataset"]
+__all__ = ["DATASETS", "TASKS", "ImageDataset", "Split", "forget_loaded_datasets", "identity_options",
+           "label_fraction_indices", "load_dataset"]

@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from medtransfer.bench.store import config_hash
 from medtransfer.config import PretrainConfig, WeightsSource
-from medtransfer.data import load_dataset
+from medtransfer.data import identity_options, load_dataset
 from medtransfer.data.base import CLASSIFICATION_TASKS
 from medtransfer.data.transforms import MedicalViews
 from medtransfer.errors import ConfigError, allowed
@@ -46,6 +46,7 @@ def resolved_pretrain_config(cfg: PretrainConfig) -> dict:
     """The config plus the content hash of its init, so a changed init file means a new pre-training. The online
     probe only watches, so it does not change the identity of a pre-training."""
     resolved = cfg.model_dump(mode="json", exclude={"output", "hardware", "online_probe"})
+    resolved["data"]["options"] = identity_options(resolved["data"]["options"])
     if cfg.init is not None:
         resolved["init_sha256"] = sha256_file(resolve_init(cfg)[0])
     return resolved
