@@ -21,7 +21,6 @@ Generates N textured 1024² 8-bit PNGs ("X-rays") listed in a CSV, then measures
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys

@@ -245,8 +245,9 @@ def test_workers_does_not_change_run_or_pretraining_identities(xrays):
     ids = [spec.run_id(cfg, None) for cfg in (validate_config({**grid, "datasets": [d]}, ExperimentConfig)
                                               for d in (data, {**data, "workers": 2})) for spec in expand(cfg)]
     assert ids[0] == ids[1]
-    pre = [resolved_pretrain_config(validate_config({"method": "simclr", "data": d, "backbone": {"name": "resnet_tiny"}},
-                                                    PretrainConfig)) for d in (data, {**data, "workers": 2})]
+    simclr = {"method": "simclr", "backbone": {"name": "resnet_tiny"}}
+    pre = [resolved_pretrain_config(validate_config({**simclr, "data": d}, PretrainConfig))
+           for d in (data, {**data, "workers": 2})]
     assert pre[0] == pre[1]
     other = validate_config({**grid, "datasets": [{**data, "size": 12}]}, ExperimentConfig)
     assert expand(other)[0].run_id(other, None) != ids[0]

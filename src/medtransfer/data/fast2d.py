@@ -18,8 +18,8 @@ from typing import Sequence
 
 import numpy as np
 
-from medtransfer.data.io import (IMAGE_SUFFIXES, PERCENTILES, UnreadableFile, palette_converter, is_volume_path, match_channels,
-                                 prepare_image, read_any, read_volume, suffix, to_uint8)
+from medtransfer.data.io import (IMAGE_SUFFIXES, PERCENTILES, UnreadableFile, is_volume_path, match_channels,
+                                 palette_converter, prepare_image, read_any, read_volume, suffix, to_uint8)
 
 EIGHT_BIT_MODES = ("L", "LA", "RGB", "RGBA")
 SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L")
