@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import sys
 from collections import Counter, deque
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -95,8 +96,8 @@ def _results(items: Sequence[K], read, workers: int) -> Iterator:
     # The first file is decoded here, so the readers it imports (MONAI, ITK ...) are imported once, before the
     # workers fork, rather than once in every worker.
     yield _attempt(read, items[0])
-    methods = multiprocessing.get_all_start_methods()
-    context = multiprocessing.get_context("fork" if "fork" in methods else None)  # fork: no re-import per worker
+    # fork on Linux: workers inherit the imports; elsewhere (macOS: fork is unsafe) the platform default, spawn
+    context = multiprocessing.get_context("fork" if sys.platform.startswith("linux") else None)
     rest = list(items[1:])
     size = max(1, min(MAX_CHUNK, len(rest) // (workers * IN_FLIGHT_PER_WORKER)))
     with ProcessPoolExecutor(workers, mp_context=context, initializer=_one_thread) as pool:
