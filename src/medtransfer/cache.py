@@ -14,3 +14,8 @@ def cache_root() -> Path:
     """The cache root: ``$MEDTRANSFER_CACHE`` when set, else ``~/.cache/medtransfer`` (not created here)."""
     base = os.environ.get("MEDTRANSFER_CACHE")
     return Path(base).expanduser() if base else Path.home() / ".cache" / "medtransfer"
+
+
+def datasets_root() -> Path:
+    """Decoded datasets, one folder per key (see `medtransfer.data.cache`)."""
+    return cache_root() / "datasets"

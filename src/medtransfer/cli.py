@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from medtransfer import __version__
+from medtransfer.cli_cache import add_cache_parser
 from medtransfer.cli_zoo import add_zoo_parser
 from medtransfer.errors import MedtransferError
 from medtransfer.interrupts import Interrupted, signals_interrupt
@@ -226,6 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
     lst.set_defaults(func=_list)
 
     add_zoo_parser(sub)
+    add_cache_parser(sub)
     return parser
 
 

@@ -8,7 +8,8 @@ import pytest
 from PIL import Image
 
 from medtransfer.data import load_dataset
-from medtransfer.data.scan import scan
+from medtransfer.data.decode import decode
+from medtransfer.data.fast2d import image_arrays
 from medtransfer.errors import DataError
 
 
@@ -68,6 +69,6 @@ def test_all_bad_or_bad_option_is_refused(tmp_path):
     with pytest.raises(DataError, match=r"all 1 file\(s\) are unusable \(first: .*a\.png: cannot be read"):
         load_dataset("image_folder", root=str(tmp_path), on_error="skip")
     with pytest.raises(DataError, match="no files found"):
-        scan([], lambda item: {}, "raise", "empty")
+        decode([], image_arrays, [], [], "raise", "empty", 1)
     with pytest.raises(DataError, match="on_error='ignore'; allowed: raise, skip"):
         load_dataset("image_folder", root=str(tmp_path), on_error="ignore")

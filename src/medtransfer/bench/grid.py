@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from medtransfer.bench.store import config_hash
 from medtransfer.config import DatasetConfig, ExperimentConfig, InitConfig
+from medtransfer.data import identity_options
 from medtransfer.data.normalisation import DEFAULT, Normalisation
 from medtransfer.finetune.strategies import Strategy
 
@@ -33,7 +34,9 @@ class RunSpec:
     def resolved(self, cfg: ExperimentConfig, init_sha256: str | None, segmentation: bool = False,
                  normalisation: Normalisation = DEFAULT) -> dict:
         """The run as it acts; ``normalisation`` is the init's for this dataset's channels (stored for every run)."""
-        return {"dataset": self.dataset.model_dump(mode="json"), "backbone": cfg.backbone.model_dump(mode="json"),
+        dataset = self.dataset.model_dump(mode="json")
+        dataset["options"] = identity_options(dataset["options"])
+        return {"dataset": dataset, "backbone": cfg.backbone.model_dump(mode="json"),
                 "init": {"kind": _init_kind(self.init), "sha256": init_sha256,
                          "normalisation": normalisation.to_dict()},
                 "strategy": self.strategy.model_dump(mode="json"), "fraction": self.fraction, "seed": self.seed,

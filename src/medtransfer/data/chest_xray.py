@@ -47,7 +47,7 @@ def _read_csv(path: Path, needed: Sequence[str], name: str) -> pd.DataFrame:
 
 def chestxray14(root: str, csv: str = "Data_Entry_2017.csv", images: str = "images", official_split: bool = True,
                 val_fraction: float | int = 0.1, test_fraction: float | int = 0.2, seed: int = 0, size: int = 224,
-                aspect: str = "pad", on_error: str = "raise") -> ImageDataset:
+                aspect: str = "pad", on_error: str = "raise", workers: int | None = None) -> ImageDataset:
     """ChestX-ray14, 14 findings, multilabel, split by patient; grey-scale (RGBA files are converted)."""
     root_path = Path(root).expanduser()
     table = _read_csv(root_path / csv, ("Image Index", "Finding Labels", "Patient ID"), "chestxray14")
@@ -63,14 +63,14 @@ def chestxray14(root: str, csv: str = "Data_Entry_2017.csv", images: str = "imag
         table, root_path, "chestxray14", path_column="path", label_columns="findings", label_separator="|",
         class_names=CHESTXRAY14_LABELS, patient_column="Patient ID", split_column=split_column,
         val_fraction=val_fraction, test_fraction=test_fraction, seed=seed, size=size, aspect=aspect, channels=1,
-        on_error=on_error,
+        on_error=on_error, workers=workers,
         description=f"ChestX-ray14 {root_path} ({'official test list' if split_column else 'seeded patient split'})",
     )
 
 
 def chexpert(root: str, labels: str | Sequence[str] = "competition", uncertain: str | Mapping[str, str] = "ones",
              views: str = "frontal", val_fraction: float | int = 0.1, seed: int = 0, size: int = 224,
-             aspect: str = "pad", on_error: str = "raise") -> ImageDataset:
+             aspect: str = "pad", on_error: str = "raise", workers: int | None = None) -> ImageDataset:
     """CheXpert from ``root`` = the folder holding train.csv and valid.csv (e.g. CheXpert-v1.0-small).
 
     ``labels``: ``competition`` (5), ``all`` (14) or a list of observation names. The first path component of
@@ -102,7 +102,7 @@ def chexpert(root: str, labels: str | Sequence[str] = "competition", uncertain: 
     return table_dataset(
         table, root_path, "chexpert", path_column="path", label_columns=list(names), task="multilabel",
         patient_column="patient", split_column="split", uncertain=uncertain, val_fraction=val_fraction, seed=seed,
-        size=size, aspect=aspect, channels=1, on_error=on_error, blank_labels="negative",
+        size=size, aspect=aspect, channels=1, on_error=on_error, blank_labels="negative", workers=workers,
         description=f"CheXpert {root_path} ({len(names)} labels, {views} views, uncertain={uncertain}; "
                     "test = official validation set)",
     )

@@ -20,6 +20,7 @@ and the hard variant for the smoothed policies.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -28,9 +29,9 @@ import numpy as np
 import pandas as pd
 
 from medtransfer.data.base import CLASSIFICATION_TASKS, SPLITS, ImageDataset, Split, labels_from_array
-from medtransfer.data.io import (check_aspect, check_size_option, is_volume_path, prepare_image, read_any,
-                                 window_range)
-from medtransfer.data.scan import scan, stack
+from medtransfer.data.decode import decode
+from medtransfer.data.fast2d import image_arrays
+from medtransfer.data.io import check_aspect, check_size_option, is_volume_path, window_range
 from medtransfer.data.splits import check_part, check_split_leak, group_split, normalise_split_names
 from medtransfer.errors import DataError, allowed
 
@@ -46,12 +47,6 @@ class TargetSplit(Split):
 
     soft_labels: np.ndarray | None = None
     label_mask: np.ndarray | None = None
-
-
-@dataclass(frozen=True)
-class Row:
-    index: int
-    path: Path
 
 
 def uncertain_targets(raw: np.ndarray, policies: Sequence[str], rng: np.random.Generator):
@@ -160,7 +155,7 @@ def table_dataset(
     uncertain: str | Mapping[str, str] = "zeros", val_fraction: float | int = 0.1, test_fraction: float | int = 0.2,
     seed: int = 0, size: int | Sequence[int] | None = 224, aspect: str = "pad", channels: int | None = None,
     window=None, orientation: str | None = "RAS", spacing: Sequence[float] | None = None, on_error: str = "raise",
-    description: str = "", blank_labels: str = "error",
+    description: str = "", blank_labels: str = "error", workers: int | None = None, npz_key: str | None = None,
 ) -> ImageDataset:
     """Build a dataset from an already-read table (the CSV loader and the chest X-ray presets share this)."""
     if task is not None and task not in CLASSIFICATION_TASKS:
@@ -192,29 +187,24 @@ def table_dataset(
                 if patient_column else None)
     assignment = _assign(table, patients, split_column, val_fraction, test_fraction, seed, name)
 
-    rows = [Row(i, Path(p) if Path(p).is_absolute() else root / str(p)) for i, p in enumerate(paths)]
-    spatial_dims = 3 if is_volume_path(rows[0].path) else 2
+    files = [Path(p) if Path(p).is_absolute() else root / str(p) for p in paths]
+    spatial_dims = 3 if is_volume_path(files[0]) else 2
     target = check_size_option(size, spatial_dims, name)
-
-    def read(row: Row) -> dict[str, np.ndarray]:
-        loaded = read_any(row.path, orientation, spacing)
-        return {"image": prepare_image(loaded, row.path, target, aspect, window, channels)}
-
-    result = scan(rows, read, on_error, name)
-    kept = np.array([r.index for r in result.items])
+    read = functools.partial(image_arrays, orientation=orientation, spacing=tuple(spacing) if spacing else None,
+                             size=target, aspect=aspect, window=window, channels=channels, npz_key=npz_key)
+    decoded = decode(files, read, assignment, [[f] for f in files], on_error, name, workers)
     splits = {}
     for split in SPLITS:
-        chosen = np.flatnonzero(assignment[kept] == split)
-        extra = {"soft_labels": soft[kept[chosen]] if soft is not None else None,
-                 "label_mask": mask[kept[chosen]] if mask is not None else None}
+        kept = decoded.indices[split]
+        extra = {"soft_labels": soft[kept] if soft is not None else None,
+                 "label_mask": mask[kept] if mask is not None else None}
         kind = TargetSplit if soft is not None or mask is not None else Split
-        splits[split] = kind(
-            images=stack([result.arrays[i] for i in chosen], "image", f"{name}: {split}", result.arrays[0]),
-            labels=labels[kept[chosen]], patients=patients[kept[chosen]] if patients is not None else None,
-            **(extra if kind is TargetSplit else {}))
+        splits[split] = kind(images=decoded.arrays[split]["image"], labels=labels[kept],
+                             patients=patients[kept] if patients is not None else None,
+                             **(extra if kind is TargetSplit else {}))
     counts = ", ".join(f"{s} {len(splits[s])}" for s in SPLITS)
     return ImageDataset(name=name, task=task, class_names=names, spatial_dims=spatial_dims,
-                        description=f"{description or 'CSV dataset'} ({counts}).{result.summary()}",
+                        description=f"{description or 'CSV dataset'} ({counts}).{decoded.summary()}",
                         **splits).validate()
 
 
@@ -241,12 +231,15 @@ def csv_dataset(
     seed: int = 0, size: int | Sequence[int] | None = 224, aspect: str = "pad", channels: int | None = None,
     window: str | Sequence[float] | None = None, orientation: str | None = "RAS",
     spacing: Sequence[float] | None = None, on_error: str = "raise", name: str = "csv", blank_labels: str = "error",
+    workers: int | None = None, npz_key: str | None = None,
 ) -> ImageDataset:
     """A CSV (``csv``, relative to ``root``) listing images (``path_column``, relative to ``root``) and labels.
 
     Without ``split_column`` the split is drawn by patient (``patient_column``) or by image, seeded; with it, the
     user's split is kept, refused if a patient crosses it, and val/test are carved from train only if absent.
     ``blank_labels``: ``error`` refuses blank cells in 0/1 label columns, ``negative`` reads them as 0.
+    Volumes stored as ``.npy``/``.npz`` arrays ((D, H, W) or (C, D, H, W)) are read too; ``npz_key`` names the array
+    of an ``.npz`` holding several. ``workers`` processes decode the files (default: every core).
     """
     root_path = Path(root).expanduser()
     csv_path = Path(csv) if Path(csv).is_absolute() else root_path / csv
@@ -256,4 +249,5 @@ def csv_dataset(
         raise DataError(f"{csv_path}: cannot be read as CSV ({type(e).__name__}: {e})") from None
     return table_dataset(table, root_path, name, path_column, label_columns, label_separator, task, class_names,
                          patient_column, split_column, uncertain, val_fraction, test_fraction, seed, size, aspect,
-                         channels, window, orientation, spacing, on_error, f"CSV dataset {csv_path}", blank_labels)
+                         channels, window, orientation, spacing, on_error, f"CSV dataset {csv_path}", blank_labels,
+                         workers, npz_key)

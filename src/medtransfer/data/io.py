@@ -33,7 +33,8 @@ from medtransfer.errors import DataError, allowed
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".gif", ".bmp")
 DICOM_SUFFIXES = (".dcm", ".dicom")
-VOLUME_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
+VOLUME_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd", ".npy", ".npz")
+ARRAY_SUFFIXES = (".npy", ".npz")
 ASPECTS = ("pad", "stretch")
 PERCENTILES = (0.5, 99.5)
 # CT windows as (level, width) in HU; [-1000, 1000] is the Models Genesis range (Zhou et al. 2021).
@@ -130,7 +131,7 @@ def _load(path: Path, reader, channel_first: bool = True):
         raise UnreadableFile(path, f"cannot be read ({type(e).__name__}: {message})") from None
 
 
-def _palette_converter(mask: bool):
+def palette_converter(mask: bool):
     """Palette images (GIF, some PNG) store indices into a colour table, and writers reorder tables freely: read a
     grey palette as its grey values, a colour palette as RGB — except for masks, whose colour-palette indices are
     the class indices (VOC-style label PNGs)."""
@@ -153,8 +154,10 @@ def read_image(path: str | Path, mask: bool = False) -> Loaded:
 
     path = Path(path)
     kind = suffix(path)
+    if not path.exists():
+        raise UnreadableFile(path, "file not found")
     if kind in IMAGE_SUFFIXES:
-        image = _load(path, PILReader(converter=_palette_converter(mask), reverse_indexing=False))
+        image = _load(path, PILReader(converter=palette_converter(mask), reverse_indexing=False))
         eight_bit = _pil_is_eight_bit(path)
         spacing = (1.0, 1.0)
     elif kind in DICOM_SUFFIXES:
@@ -172,30 +175,34 @@ def read_image(path: str | Path, mask: bool = False) -> Loaded:
 
 
 def read_volume(path: str | Path, orientation: str | None = "RAS", spacing: Sequence[float] | None = None,
-                mask: bool = False) -> Loaded:
+                mask: bool = False, npz_key: str | None = None) -> Loaded:
     """One volume as (C, *spatial) with spatial axes in ``orientation``; ``spacing`` resamples (nearest for masks).
 
-    NIfTI via nibabel, NRRD via pynrrd, MetaImage and DICOM (a series folder or a multi-frame file) via ITK.
+    NIfTI via nibabel, NRRD via pynrrd, MetaImage and DICOM (a series folder or a multi-frame file) via ITK, and
+    numpy arrays (``.npy``, or ``.npz`` with ``npz_key``), which carry no geometry: 1 mm voxels, axes as stored.
     """
+    from monai.data import MetaTensor
     from monai.transforms import Orientation, Spacing
 
     path = Path(path)
     kind = suffix(path)
+    if not path.exists():
+        raise UnreadableFile(path, "file not found")
     if path.is_dir() or kind in DICOM_SUFFIXES or kind in (".mha", ".mhd"):
         reader = "ITKReader"
     elif kind in (".nii", ".nii.gz"):
         reader = "NibabelReader"
     elif kind in (".nrrd", ".nhdr"):
         reader = "NrrdReader"
-    else:
+    elif kind not in ARRAY_SUFFIXES:
         raise UnreadableFile(path, f"suffix {kind or '(none)'} is not a volume; allowed: a DICOM series folder or "
                                    f"{allowed(VOLUME_SUFFIXES + DICOM_SUFFIXES)}")
-    image = _load(path, reader)
+    image = MetaTensor(read_array(path, npz_key)) if kind in ARRAY_SUFFIXES else _load(path, reader)
     if image.ndim != 4:
         raise UnreadableFile(path, f"has {image.ndim - 1} spatial dimensions (shape {tuple(image.shape[1:])}); "
                                    "allowed: a 3D volume")
     try:
-        if orientation is not None:
+        if orientation is not None and kind not in ARRAY_SUFFIXES:
             image = Orientation(axcodes=orientation, labels=None)(image)  # labels from the image's space
         if spacing is not None:
             image = Spacing(pixdim=tuple(spacing), mode="nearest" if mask else "bilinear")(image)
@@ -205,11 +212,33 @@ def read_volume(path: str | Path, orientation: str | None = "RAS", spacing: Sequ
     return _checked(path, image, voxel, False, 3)
 
 
+def read_array(path: Path, npz_key: str | None) -> torch.Tensor:
+    """A (D, H, W) or (C, D, H, W) numeric array from ``.npy``/``.npz`` as float32 (C, D, H, W); never unpickles."""
+    try:
+        stored = np.load(path, allow_pickle=False)
+        if isinstance(stored, np.lib.npyio.NpzFile):
+            with stored:
+                if npz_key is None and len(stored.files) == 1:
+                    npz_key = stored.files[0]
+                if npz_key not in stored.files:
+                    raise UnreadableFile(path, f"npz_key={npz_key!r} names no array in it; allowed: "
+                                               f"{allowed(stored.files)}")
+                stored = stored[npz_key]
+    except UnreadableFile:
+        raise
+    except Exception as e:  # corrupt bytes: ValueError, EOFError, zipfile.BadZipFile ...
+        raise UnreadableFile(path, f"cannot be read ({type(e).__name__}: {str(e)[:300]})") from None
+    if stored.dtype.kind not in "biuf" or stored.ndim not in (3, 4):
+        raise UnreadableFile(path, f"holds a {stored.dtype} array of shape {stored.shape}; allowed: a numeric "
+                                   "(D, H, W) or (C, D, H, W) array")
+    return torch.from_numpy(np.asarray(stored if stored.ndim == 4 else stored[None], np.float32))
+
+
 def read_any(path: str | Path, orientation: str | None = "RAS", spacing: Sequence[float] | None = None,
-             mask: bool = False) -> Loaded:
+             mask: bool = False, npz_key: str | None = None) -> Loaded:
     path = Path(path)
     if is_volume_path(path):
-        return read_volume(path, orientation, spacing, mask)
+        return read_volume(path, orientation, spacing, mask, npz_key)
     return read_image(path, mask)
 
 

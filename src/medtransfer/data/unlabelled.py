@@ -7,15 +7,18 @@ are read, checked and resized exactly as in the labelled loaders, so a corrupt f
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
 from medtransfer.data.base import ImageDataset, Split
+from medtransfer.data.cache import Entry
+from medtransfer.data.decode import decode
+from medtransfer.data.fast2d import image_arrays
 from medtransfer.data.io import (DICOM_SUFFIXES, IMAGE_SUFFIXES, VOLUME_SUFFIXES, check_aspect, check_size_option,
-                                 prepare_image, read_image, read_volume, suffix, window_range)
-from medtransfer.data.scan import scan, stack
+                                 suffix, window_range)
 from medtransfer.errors import DataError
 
 
@@ -30,50 +33,45 @@ def _files(root: str, pattern: str, suffixes: Sequence[str], where: str, folders
     return found
 
 
-def _unlabelled(name: str, spatial_dims: int, arrays: list, result, root: str, what: str) -> ImageDataset:
-    images = stack(arrays, "image", name, arrays[0])
-    empty = Split(images=images[:0], labels=np.zeros(0, np.int64))
+def _unlabelled(name: str, spatial_dims: int, decoded: Entry, root: str, what: str) -> ImageDataset:
+    train, val, test = (decoded.arrays[s]["image"] for s in ("train", "val", "test"))
     return ImageDataset(
         name=name, task="unlabelled", class_names=("image",), spatial_dims=spatial_dims,
-        train=Split(images=images, labels=np.zeros(len(images), np.int64)), val=empty, test=empty,
-        description=f"Unlabelled {what} from {root} ({len(images)} files; no labels, no val/test).{result.summary()}",
+        train=Split(images=train, labels=np.zeros(len(train), np.int64)),
+        val=Split(images=val, labels=np.zeros(0, np.int64)), test=Split(images=test, labels=np.zeros(0, np.int64)),
+        description=f"Unlabelled {what} from {root} ({len(train)} files; no labels, no val/test).{decoded.summary()}",
     ).validate()
 
 
 def image_folder(root: str, pattern: str = "**/*", size: int | Sequence[int] = 224, aspect: str = "pad",
                  channels: int | None = 1, window: str | Sequence[float] | None = None,
-                 on_error: str = "raise") -> ImageDataset:
-    """2D images (PNG/JPEG/TIFF/GIF/BMP/single-frame DICOM) under ``root``, resized to ``size``, grey by default."""
+                 on_error: str = "raise", workers: int | None = None) -> ImageDataset:
+    """2D images (PNG/JPEG/TIFF/GIF/BMP/single-frame DICOM) under ``root``, resized to ``size``, grey by default;
+    ``workers`` processes decode them (default: every core)."""
     files = _files(root, pattern, IMAGE_SUFFIXES + DICOM_SUFFIXES, "image_folder")
-    target = check_size_option(size, 2, "image_folder")
-    check_aspect(aspect, "image_folder")
-    limits = window_range(window)
-
-    def read(path: Path) -> dict[str, np.ndarray]:
-        return {"image": prepare_image(read_image(path), path, target, aspect, limits, channels)}
-
-    result = scan(files, read, on_error, "image_folder")
-    return _unlabelled("image_folder", 2, result.arrays, result, root, "2D images")
+    read = functools.partial(image_arrays, orientation=None, spacing=None,
+                             size=check_size_option(size, 2, "image_folder"),
+                             aspect=check_aspect(aspect, "image_folder"), window=window_range(window),
+                             channels=channels)
+    decoded = decode(files, read, ["train"] * len(files), [[f] for f in files], on_error, "image_folder", workers)
+    return _unlabelled("image_folder", 2, decoded, root, "2D images")
 
 
 def volume_folder(root: str, pattern: str = "**/*", size: int | Sequence[int] = 64, aspect: str = "pad",
                   window: str | Sequence[float] | None = None, orientation: str | None = "RAS",
-                  spacing: Sequence[float] | None = None, dicom_series: bool = False,
-                  on_error: str = "raise") -> ImageDataset:
-    """Volumes (NIfTI/NRRD/MHA/multi-frame DICOM) under ``root``; with ``dicom_series`` every matching *folder*
-    is read as one DICOM series instead. Oriented, resampled to ``spacing`` (mm) if given, then resized."""
+                  spacing: Sequence[float] | None = None, dicom_series: bool = False, npz_key: str | None = None,
+                  on_error: str = "raise", workers: int | None = None) -> ImageDataset:
+    """Volumes (NIfTI/NRRD/MHA/multi-frame DICOM/``.npy``/``.npz``) under ``root``; with ``dicom_series`` every
+    matching *folder* is read as one DICOM series instead. Oriented, resampled to ``spacing`` (mm) if given, then
+    resized; ``npz_key`` names the array of ``.npz`` files holding several."""
     if dicom_series:
         files = _files(root, pattern, (), "volume_folder", folders=True)
         files = [f for f in files if any(c.is_file() for c in f.iterdir())]  # series folders, not their parents
     else:
         files = _files(root, pattern, VOLUME_SUFFIXES + DICOM_SUFFIXES, "volume_folder")
-    target = check_size_option(size, 3, "volume_folder")
-    check_aspect(aspect, "volume_folder")
-    limits = window_range(window)
-
-    def read(path: Path) -> dict[str, np.ndarray]:
-        loaded = read_volume(path, orientation, spacing)
-        return {"image": prepare_image(loaded, path, target, aspect, limits, 1)}
-
-    result = scan(files, read, on_error, "volume_folder")
-    return _unlabelled("volume_folder", 3, result.arrays, result, root, "volumes")
+    read = functools.partial(image_arrays, orientation=orientation, spacing=tuple(spacing) if spacing else None,
+                             size=check_size_option(size, 3, "volume_folder"),
+                             aspect=check_aspect(aspect, "volume_folder"), window=window_range(window), channels=1,
+                             npz_key=npz_key, volume=True)
+    decoded = decode(files, read, ["train"] * len(files), [[f] for f in files], on_error, "volume_folder", workers)
+    return _unlabelled("volume_folder", 3, decoded, root, "volumes")

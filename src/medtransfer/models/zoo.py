@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from medtransfer.cache import cache_root as shared_cache_root
 from medtransfer.data.normalisation import DEFAULT, IMAGENET, UNIT_RANGE, Normalisation
 from medtransfer.errors import CheckpointError, ConfigError, allowed
 from medtransfer.models.backbones import Backbone
@@ -126,8 +127,8 @@ def zoo_entry(name: str) -> ZooEntry:
 
 
 def cache_root() -> Path:
-    base = os.environ.get("MEDTRANSFER_CACHE")
-    return (Path(base).expanduser() if base else Path.home() / ".cache" / "medtransfer") / "zoo"
+    """Zoo weights live in ``zoo/`` under the shared cache root (`medtransfer.cache`)."""
+    return shared_cache_root() / "zoo"
 
 
 def cached_file(name: str) -> Path | None:

@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from medtransfer.bench.store import config_hash
 from medtransfer.config import PretrainConfig, WeightsSource
-from medtransfer.data import load_dataset
+from medtransfer.data import identity_options, load_dataset
 from medtransfer.data.base import CLASSIFICATION_TASKS
 from medtransfer.data.normalisation import DEFAULT, Normalisation
 from medtransfer.data.transforms import MedicalViews
@@ -63,6 +63,7 @@ def resolved_pretrain_config(cfg: PretrainConfig) -> dict:
     init's normalisation where it is not 0.5 / 0.5 (so pre-trainings that always used 0.5 / 0.5 keep their hash).
     The online probe only watches, so it does not change the identity of a pre-training."""
     resolved = cfg.model_dump(mode="json", exclude={"output", "hardware", "online_probe"})
+    resolved["data"]["options"] = identity_options(resolved["data"]["options"])
     if cfg.init is not None:
         resolved["init_sha256"] = sha256_file(resolve_init(cfg)[0])
         normalisation = pretrain_init_normalisation(cfg)

@@ -1,0 +1,19 @@
+"""Session-wide test set-up: no test may write into the user's real cache (~/.cache/medtransfer)."""
+
+import pytest
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path_factory, monkeypatch):
+    """Every test gets its own empty cache root, so cached datasets never leak between tests or into ``~``."""
+    monkeypatch.setenv("MEDTRANSFER_CACHE", str(tmp_path_factory.mktemp("medtransfer-cache")))
+
+
+@pytest.fixture(autouse=True)
+def _fresh_datasets():
+    """Tests write files and load them: each starts without datasets loaded by an earlier test."""
+    from medtransfer.data import forget_loaded_datasets
+
+    forget_loaded_datasets()
+    yield
+    forget_loaded_datasets()
