@@ -45,7 +45,7 @@ def test_a_genuine_warning_during_a_read_still_shows_and_the_reader_noise_does_n
             return image
         return convert
 
-    monkeypatch.setattr(io, "_palette_converter", converter_that_warns)
+    monkeypatch.setattr(io, "palette_converter", converter_that_warns)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         io.read_image(pngs[0])
