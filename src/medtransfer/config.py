@@ -148,13 +148,38 @@ class HardwareConfig(Strict):
     deterministic: bool = True
 
 
+class NormalisationFields(Strict):
+    """Per-channel input statistics of [0, 1] images: one mean and one std per input channel of the weights."""
+
+    mean: list[float] = Field(min_length=1)
+    std: list[float] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        if len(self.mean) != len(self.std) or not all(s > 0 for s in self.std):
+            raise ValueError(f"mean {self.mean} and std {self.std} need one entry per channel and every std > 0")
+        return self
+
+
 class _WeightFields(Strict):
     """Pre-trained weights by name: a zoo model (cached by `medtransfer zoo fetch/import`), a timm model whose
-    weights are in the local cache, or a file (medtransfer checkpoint, or a foreign one whose layout is detected)."""
+    weights are in the local cache, or a file (medtransfer checkpoint, or a foreign one whose layout is detected).
+
+    ``normalisation`` states the input statistics the weights were trained with where nothing records them (a
+    foreign ``.pth`` such as a MoCo release: ``imagenet``); zoo entries, timm's ``pretrained_cfg`` and medtransfer
+    checkpoints carry their own, which it overrides."""
 
     checkpoint: Optional[FilePath] = None
     zoo: Optional[str] = None
     timm: Optional[str] = None
+    normalisation: Optional[Union[Literal["imagenet", "unit_range", "half"], NormalisationFields]] = None
+
+    @model_validator(mode="after")
+    def _normalisation_needs_weights(self):
+        if self.normalisation is not None and self.checkpoint is None and self.zoo is None and self.timm is None:
+            raise ValueError("normalisation: describes pre-trained weights; give it with checkpoint, zoo or timm "
+                             "(a random init and a pre-training decide their own)")
+        return self
 
     @field_validator("zoo")
     @classmethod

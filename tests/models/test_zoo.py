@@ -276,6 +276,40 @@ def test_raw_foreign_file_as_checkpoint_init_is_converted(tmp_path):
     assert prepared.init_files["moco_v2.pth"] == path
 
 
+def test_foreign_file_states_its_normalisation(tmp_path, monkeypatch):
+    """A raw MoCo file records no statistics: 0.5 / 0.5 unless the init says ``normalisation: imagenet`` (or gives
+    mean/std), which then reaches the backbone's inputs and the run's identity."""
+    path = moco_file(tmp_path / "moco_v2.pth.tar", trained_state())
+    rgb = [{**DATA, "channels": 3}]
+    assert prepare(experiment(datasets=rgb, inits=[{"checkpoint": str(path)}])).init_normalisation["moco_v2.pth"] \
+        == DEFAULT
+    custom = {"checkpoint": str(path), "normalisation": {"mean": [0.4, 0.4, 0.4], "std": [0.2, 0.2, 0.2]}}
+    assert prepare(experiment(datasets=rgb, inits=[custom])).init_normalisation["moco_v2.pth"] == \
+        Normalisation((0.4,) * 3, (0.2,) * 3)
+    inputs = backbone_inputs(monkeypatch)
+    cfg = experiment(datasets=rgb, inits=[{"checkpoint": str(path), "normalisation": "imagenet"}])
+    assert run_experiment(cfg, tmp_path / "run", progress=False).done == 1
+    assert_normalised_uint8(inputs, IMAGENET)
+    assert ResultStore(tmp_path / "run").rows().iloc[0]["config"]["init"]["normalisation"] == IMAGENET.to_dict()
+
+
+@pytest.mark.parametrize("init, message", [
+    ("random", "describes pre-trained weights"),
+    ({"zoo": "tiny_moco", "normalisation": "imagenet"}, None),
+    ({"checkpoint": "x.pth", "normalisation": "sRGB"}, "'imagenet', 'unit_range' or 'half'"),
+    ({"checkpoint": "x.pth", "normalisation": {"mean": [0.5], "std": [0.5, 0.5]}}, "one entry per channel"),
+    ({"checkpoint": "x.pth", "normalisation": {"mean": [0.5], "std": [0.0]}}, "every std > 0"),
+])
+def test_init_normalisation_setting_is_checked(monkeypatch, init, message):
+    monkeypatch.setitem(ZOO, "tiny_moco", entry())
+    init = {"label": "random", "normalisation": "imagenet"} if init == "random" else init
+    if message is None:
+        experiment(inits=[init])
+        return
+    with pytest.raises(ConfigError, match=message):
+        experiment(inits=[init])
+
+
 @pytest.mark.parametrize("method", ["simclr", "supervised"])
 def test_continual_pretraining_from_a_zoo_model_records_the_chain(tmp_path, cache, monkeypatch, method):
     state = trained_state()

@@ -114,8 +114,8 @@ def prepare(cfg: ExperimentConfig) -> Prepared:
             _check_fits(cfg, path, f"inits ({init.name}): {source}", prepared)
             prepared.init_files[init.name] = path
             prepared.init_sha256[init.name] = sha256_file(path)
-            prepared.init_normalisation[init.name] = init_normalisation(init.zoo, init.timm,
-                                                                        path if init.checkpoint else None)
+            prepared.init_normalisation[init.name] = init_normalisation(
+                init.zoo, init.timm, path if init.checkpoint else None, init.normalisation)
         elif init.pretrain is not None:
             pcfg = _pretrain_config(init)
             check_options(pcfg)

@@ -89,3 +89,11 @@ class Normalisation:
 DEFAULT = Normalisation()
 IMAGENET = Normalisation(IMAGENET_MEAN, IMAGENET_STD)
 UNIT_RANGE = Normalisation((0.0,), (1.0,))  # weights trained on [0, 1] inputs as they are (SimCLR TF, Models Genesis)
+PRESETS = {"imagenet": IMAGENET, "unit_range": UNIT_RANGE, "half": DEFAULT}  # names an init's ``normalisation`` takes
+
+
+def from_setting(value) -> Normalisation:
+    """An init's ``normalisation:`` setting (a preset name or an object with ``mean``/``std``) as a Normalisation."""
+    if isinstance(value, str):
+        return PRESETS[value]
+    return Normalisation(tuple(value.mean), tuple(value.std))

@@ -296,9 +296,14 @@ def resolve_weights(zoo: str | None = None, timm: str | None = None, checkpoint:
 
 
 def init_normalisation(zoo: str | None = None, timm: str | None = None,
-                       checkpoint: Path | None = None) -> Normalisation:
-    """The input normalisation the weights of an init were trained with, per channel of the weights: the zoo
-    entry's, timm's ``pretrained_cfg`` mean/std, or the one recorded beside a checkpoint (0.5 / 0.5 if none)."""
+                       checkpoint: Path | None = None, setting=None) -> Normalisation:
+    """The input normalisation the weights of an init were trained with, per channel of the weights: the user's
+    ``setting`` (the init's ``normalisation:``) when given, else the zoo entry's, timm's ``pretrained_cfg``
+    mean/std, or the one recorded beside a checkpoint (0.5 / 0.5 if none)."""
+    if setting is not None:
+        from medtransfer.data.normalisation import from_setting
+
+        return from_setting(setting)
     if zoo is not None:
         return zoo_entry(zoo).normalisation
     if timm is not None:

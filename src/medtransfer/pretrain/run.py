@@ -55,7 +55,8 @@ def pretrain_init_normalisation(cfg: PretrainConfig) -> Normalisation:
     source = _init_source(cfg)
     if source is None:
         return DEFAULT
-    return init_normalisation(source.zoo, source.timm, resolve_init(cfg)[0] if source.checkpoint else None)
+    return init_normalisation(source.zoo, source.timm, resolve_init(cfg)[0] if source.checkpoint else None,
+                              source.normalisation)
 
 
 def resolved_pretrain_config(cfg: PretrainConfig) -> dict:
@@ -64,6 +65,8 @@ def resolved_pretrain_config(cfg: PretrainConfig) -> dict:
     The online probe only watches, so it does not change the identity of a pre-training."""
     resolved = cfg.model_dump(mode="json", exclude={"output", "hardware", "online_probe"})
     resolved["data"]["options"] = identity_options(resolved["data"]["options"])
+    if isinstance(resolved.get("init"), dict) and resolved["init"].get("normalisation") is None:
+        resolved["init"].pop("normalisation", None)  # unset: the hash of pre-trainings from before the setting
     if cfg.init is not None:
         resolved["init_sha256"] = sha256_file(resolve_init(cfg)[0])
         normalisation = pretrain_init_normalisation(cfg)
