@@ -100,7 +100,8 @@ def test_report_renders_without_errors_with_table_and_every_figure(experiment, t
         process.wait(timeout=30)
     assert errors == []
     assert state["ready"] == "complete"
-    assert state["sections"] == ["overview", "summary", "figures", "comparisons", "missing", "environment", "runs"]
+    assert state["sections"] == ["overview", "summary", "figures", "comparisons", "missing", "warnings", "environment",
+                                 "runs"]
     assert state["summaryRows"] == 2 * 8  # two metrics x (2 inits x 4 strategies)
     assert expected_figures == 4 and len(state["images"]) == 4
     assert all(i["complete"] and i["width"] > 0 for i in state["images"]), state["images"]
