@@ -9,8 +9,10 @@ redoes; finished runs are never run twice.
 from __future__ import annotations
 
 import logging
+import time
 import traceback
 import warnings
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,8 +21,10 @@ import numpy as np
 from lightning.pytorch.utilities import rank_zero_only
 from tqdm.auto import tqdm
 
+from medtransfer.bench.claims import LEASE_S, LeaseKeeper, pass_started, process_owner
+from medtransfer.bench.executors import torch_threads
 from medtransfer.bench.grid import RunSpec, dataset_labels, expand
-from medtransfer.bench.store import ResultStore
+from medtransfer.bench.store import ClaimLost, ResultStore
 from medtransfer.config import ExperimentConfig, InitConfig, PretrainConfig, load_config
 from medtransfer.data import ImageDataset, label_fraction_indices, load_dataset
 from medtransfer.data.fractions import describe_subset
@@ -32,6 +36,9 @@ from medtransfer.models.factory import create_backbone
 from medtransfer.models.zoo import load_init, resolve_weights
 from medtransfer.pretrain import METHODS
 from medtransfer.pretrain.run import check_data, check_options, default_output, pretrain, resolve_init
+
+WAIT_POLL_S = 2.0  # how often runs held by other processes are checked at the end of a pass
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -152,58 +159,100 @@ def run_one(cfg: ExperimentConfig, spec: RunSpec, prepared: Prepared, workdir: P
         load_init(backbone, init_file)
     view = cfg.backbone.view or backbone.default_view
     indices = prepared.subsets[spec.dataset_label, spec.fraction, spec.seed]
-    return fine_tune(data, indices, backbone, spec.strategy, view, cfg.train, cfg.hardware, spec.seed, workdir,
-                     input_size=input_size, verbose=verbose), indices
+    with torch_threads(cfg.hardware.cpus_per_run):
+        result = fine_tune(data, indices, backbone, spec.strategy, view, cfg.train, cfg.hardware, spec.seed, workdir,
+                           input_size=input_size, verbose=verbose)
+    return result, indices
+
+
+def run_extra(result, indices: np.ndarray, data: ImageDataset, init_file: Path | None) -> dict:
+    """What a run stores beside its metrics: schedule outcome, subset, parameter counts, init file."""
+    return {"best_epoch": result.best_epoch, "epochs_run": result.epochs_run, "n_train": int(len(indices)),
+            "class_counts": describe_subset(data.train.labels, data.task, indices),
+            "class_names": list(data.class_names),
+            "trainable_params": result.trainable_params, "total_params": result.total_params,
+            "init_file": str(init_file or "")}
 
 
 def run_experiment(cfg: ExperimentConfig, folder: str | Path | None = None, verbose: bool = False,
-                   fail_fast: bool = False, progress: bool = True) -> RunSummary:
-    """Run every unfinished run of ``cfg`` into ``folder`` (default: ``cfg.output`` or runs/<name>)."""
+                   fail_fast: bool = False, progress: bool = True, lease_s: float = LEASE_S) -> RunSummary:
+    """Run every unfinished run of ``cfg`` into ``folder`` (default: ``cfg.output`` or runs/<name>).
+
+    Runs are claimed in the store, so any number of processes on one folder share the grid: a run another live
+    process holds is left to it ("running elsewhere") and waited for at the end, and taken over if that process dies.
+    """
     folder = Path(folder or cfg.output or Path("runs") / cfg.name)
     if not verbose:
         quiet_lightning()
     prepared = prepare(cfg)
     store = ResultStore(folder)
+    if cfg.hardware.executor == "ray":
+        from medtransfer.bench.ray_executor import run_on_ray
+        return run_on_ray(cfg, prepared, store, verbose=verbose, fail_fast=fail_fast, progress=progress,
+                          lease_s=lease_s)
     run_pretrainings(cfg, prepared, folder, verbose)
     specs = expand(cfg)
     writer = rank_zero_only.rank == 0  # under DDP every process runs the grid; only rank 0 writes results
     segmentation = {label: data.task == "segmentation" for label, data in prepared.data.items()}
     ids = [spec.run_id(cfg, prepared.init_sha256[spec.init.name], segmentation[spec.dataset_label])
            for spec in specs]
-    todo = [(spec, rid) for spec, rid in zip(specs, ids) if store.status(rid) != "done"]
+    todo = deque((spec, rid) for spec, rid in zip(specs, ids) if store.status(rid) != "done")
+    n_todo = len(todo)
+    owner, since = process_owner(), pass_started()  # DDP ranks share the owner, so they claim the same runs
     failed: list[str] = []
     finished_elsewhere = 0
-    bar = tqdm(todo, desc=cfg.name, unit="run", disable=not progress or not writer)
-    for spec, run_id in bar:
-        if store.status(run_id) == "done":  # finished meanwhile by another process sharing the folder
-            finished_elsewhere += 1
-            continue
-        labels = spec.labels()
-        bar.set_postfix_str(f"{labels['init']} | {labels['strategy']} | {labels['fraction']:g} | seed {spec.seed}")
-        if writer:
-            store.start(run_id, spec.resolved(cfg, prepared.init_sha256[spec.init.name],
-                                              segmentation[spec.dataset_label]), labels)
-        try:
-            result, indices = run_one(cfg, spec, prepared, store.run_dir(run_id), verbose)
-        except KeyboardInterrupt:
+    held: list[tuple[RunSpec, str]] = []
+    bar = tqdm(total=n_todo, desc=cfg.name, unit="run", disable=not progress or not writer)
+    with LeaseKeeper(store, owner, lease_s) as leases:
+        while todo or held:
+            if not todo:  # only runs other processes hold are left: wait for them to end or their owner to die
+                bar.set_postfix_str(f"waiting for {len(held)} run(s) running elsewhere")
+                time.sleep(min(lease_s / 4, WAIT_POLL_S))
+                todo.extend(held)
+                held.clear()
+            spec, run_id = todo.popleft()
+            labels = spec.labels()
+            outcome = store.claim(run_id, spec.resolved(cfg, prepared.init_sha256[spec.init.name],
+                                                        segmentation[spec.dataset_label]), labels, owner, lease_s, since)
+            if outcome == "held":
+                held.append((spec, run_id))
+                continue
+            bar.update()
+            if outcome == "done":  # finished meanwhile by another process sharing the folder
+                finished_elsewhere += 1
+                continue
+            if outcome == "ended":
+                failed.append(f"{labels}: failed in another process during this pass (see its error in the store)")
+                continue
+            bar.set_postfix_str(f"{labels['init']} | {labels['strategy']} | {labels['fraction']:g} | seed {spec.seed}")
             if writer:
-                store.fail(run_id, "interrupted by the user", status="interrupted")
-            raise
-        except Exception as err:  # noqa: BLE001 - one failed run must not stop the grid unless asked to
-            if writer:
-                store.fail(run_id, "".join(traceback.format_exception_only(err)).strip() + "\n" + traceback.format_exc())
-            failed.append(f"{labels}: {err}")
-            if fail_fast:
+                leases.hold(run_id)
+            try:
+                result, indices = run_one(cfg, spec, prepared, store.run_dir(run_id), verbose)
+            except KeyboardInterrupt:
+                if writer:
+                    store.fail(run_id, "interrupted by the user", status="interrupted", owner=owner)
                 raise
-            continue
-        if writer:
-            data = prepared.data[spec.dataset_label]
-            store.save_predictions(run_id, **result.predictions)
-            store.finish(run_id, result.metrics, result.per_class, result.val_metrics, result.timings, extra={
-                "best_epoch": result.best_epoch, "epochs_run": result.epochs_run, "n_train": int(len(indices)),
-                "class_counts": describe_subset(data.train.labels, data.task, indices),
-                "class_names": list(data.class_names),
-                "trainable_params": result.trainable_params, "total_params": result.total_params,
-                "init_file": str(prepared.init_files[spec.init.name] or "")})
-    skipped = len(specs) - len(todo) + finished_elsewhere
+            except Exception as err:  # noqa: BLE001 - one failed run must not stop the grid unless asked to
+                if writer:
+                    store.fail(run_id, "".join(traceback.format_exception_only(err)).strip() + "\n"
+                               + traceback.format_exc(), owner=owner)
+                failed.append(f"{labels}: {err}")
+                if fail_fast:
+                    raise
+                continue
+            finally:
+                leases.release(run_id)
+            if writer:
+                data = prepared.data[spec.dataset_label]
+                store.save_predictions(run_id, **result.predictions)
+                try:
+                    store.finish(run_id, result.metrics, result.per_class, result.val_metrics, result.timings,
+                                 extra=run_extra(result, indices, data, prepared.init_files[spec.init.name]),
+                                 owner=owner)
+                except ClaimLost as err:  # stalled past the lease; the process that took the run over stores it
+                    log.warning("%s", err)
+                    finished_elsewhere += 1
+    bar.close()
+    skipped = len(specs) - n_todo + finished_elsewhere
     return RunSummary(folder, len(specs), skipped, len(specs) - skipped - len(failed), failed)
