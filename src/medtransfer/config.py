@@ -148,11 +148,11 @@ class HardwareConfig(Strict):
     max_retries: int = Field(1, ge=0, description="ray: retries of a run whose worker process died")
 
     @model_validator(mode="after")
-    def _whole_ddp_runs(self):
-        if self.executor == "ray" and self.ddp and (self.num_nodes != 1 or self.gpus_per_run % 1):
-            raise ValueError(f"a DDP run is one Ray task on one node with whole GPUs: num_nodes must be 1 (got "
-                             f"{self.num_nodes}) and gpus_per_run whole (got {self.gpus_per_run}), e.g. "
-                             "gpus_per_run equal to devices")
+    def _no_ddp_in_tasks(self):
+        if self.executor == "ray" and self.ddp:  # Lightning's DDP re-runs the command per GPU; a Ray task has none
+            raise ValueError("ddp runs one process per device by re-running the command, which a Ray task cannot: "
+                             "use executor 'sequential' for DDP runs, or give each Ray run whole GPUs with "
+                             "gpus_per_run: 1 and ddp: false")
         return self
 
 

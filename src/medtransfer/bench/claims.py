@@ -12,21 +12,23 @@ import socket
 import threading
 import uuid
 from datetime import datetime, timezone
+from functools import lru_cache
 
 from medtransfer.bench.store import ResultStore
 
 LEASE_S = 120.0  # a run whose owner stopped renewing this long ago is taken over
-OWNER_ENV = "MEDTRANSFER_CLAIM_OWNER"
 
 log = logging.getLogger(__name__)
 
 
+@lru_cache(maxsize=None)
+def _owner(pid: int) -> str:
+    return f"{socket.gethostname()}:{pid}:{uuid.uuid4().hex[:8]}"
+
+
 def process_owner() -> str:
-    """host:pid:uuid of this grid process, shared with the DDP ranks it launches (they inherit the environment),
-    so every rank's claim of a run is the same claim."""
-    if OWNER_ENV not in os.environ:
-        os.environ[OWNER_ENV] = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-    return os.environ[OWNER_ENV]
+    """host:pid:uuid of this grid process (the uuid tells apart processes that reuse a pid)."""
+    return _owner(os.getpid())
 
 
 def pass_started() -> str:

@@ -25,7 +25,7 @@ from medtransfer.bench.claims import LEASE_S, LeaseKeeper, pass_started, process
 from medtransfer.bench.executors import torch_threads
 from medtransfer.bench.grid import RunSpec, dataset_labels, expand
 from medtransfer.bench.store import ClaimLost, ResultStore
-from medtransfer.config import ExperimentConfig, InitConfig, PretrainConfig, load_config
+from medtransfer.config import DatasetConfig, ExperimentConfig, InitConfig, PretrainConfig, load_config
 from medtransfer.data import ImageDataset, label_fraction_indices, load_dataset
 from medtransfer.data.fractions import describe_subset
 from medtransfer.errors import ConfigError
@@ -72,6 +72,11 @@ def _input_size(cfg_resize: int | None, data: ImageDataset) -> tuple[int, ...]:
     return (cfg_resize,) * data.spatial_dims if cfg_resize else data.image_size
 
 
+def dataset_input_size(cfg: ExperimentConfig, ds_cfg: DatasetConfig, data: ImageDataset) -> tuple[int, ...]:
+    return (segmentation_input_size(data, ds_cfg.resize, cfg.train.segmentation)
+            if data.task == "segmentation" else _input_size(ds_cfg.resize, data))
+
+
 def _pretrain_config(init: InitConfig) -> PretrainConfig:
     return load_config(init.pretrain, PretrainConfig) if isinstance(init.pretrain, Path) else init.pretrain
 
@@ -94,8 +99,7 @@ def prepare(cfg: ExperimentConfig) -> Prepared:
     for ds_cfg, label in zip(cfg.datasets, dataset_labels(cfg.datasets)):
         data = load_dataset(ds_cfg.name, **ds_cfg.options)
         prepared.data[label] = data
-        prepared.input_size[label] = (segmentation_input_size(data, ds_cfg.resize, cfg.train.segmentation)
-                                      if data.task == "segmentation" else _input_size(ds_cfg.resize, data))
+        prepared.input_size[label] = dataset_input_size(cfg, ds_cfg, data)
         monitor = resolve_monitor(cfg.train, data.task)
         probe = _build(cfg, prepared, label)
         view = cfg.backbone.view or probe.default_view
@@ -198,7 +202,7 @@ def run_experiment(cfg: ExperimentConfig, folder: str | Path | None = None, verb
            for spec in specs]
     todo = deque((spec, rid) for spec, rid in zip(specs, ids) if store.status(rid) != "done")
     n_todo = len(todo)
-    owner, since = process_owner(), pass_started()  # DDP ranks share the owner, so they claim the same runs
+    owner, since = process_owner(), pass_started()
     failed: list[str] = []
     finished_elsewhere = 0
     held: list[tuple[RunSpec, str]] = []
@@ -212,8 +216,12 @@ def run_experiment(cfg: ExperimentConfig, folder: str | Path | None = None, verb
                 held.clear()
             spec, run_id = todo.popleft()
             labels = spec.labels()
-            outcome = store.claim(run_id, spec.resolved(cfg, prepared.init_sha256[spec.init.name],
-                                                        segmentation[spec.dataset_label]), labels, owner, lease_s, since)
+            if writer:
+                outcome = store.claim(run_id, spec.resolved(cfg, prepared.init_sha256[spec.init.name],
+                                                            segmentation[spec.dataset_label]), labels, owner, lease_s,
+                                      since)
+            else:  # other DDP ranks follow rank 0, which claims every run when it is the folder's only process
+                outcome = "done" if store.status(run_id) == "done" else "claimed"
             if outcome == "held":
                 held.append((spec, run_id))
                 continue
