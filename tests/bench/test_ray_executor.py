@@ -174,3 +174,31 @@ def test_ctrl_c_interrupts_the_runs_in_flight_and_shuts_ray_down(tmp_path):
     assert statuses == {"interrupted": 2}
     time.sleep(2)
     assert not [pid for pid in ray_processes if alive(pid)]  # the local Ray instance is gone with its workers
+
+
+SHIMS = {  # one-node SLURM on this machine: srun runs its command here, the allocation is this host on loopback
+    "srun": '#!/bin/bash\nwhile [[ $1 == -* ]]; do [[ $1 == -w ]] && shift; shift; done\nexec "$@"\n',
+    "scontrol": "#!/bin/bash\necho localhost\n",
+    "hostname": "#!/bin/bash\necho 127.0.0.1\n",
+}
+
+
+@pytest.mark.slow
+def test_slurm_recipe_runs_a_grid_on_a_one_node_allocation(tmp_path):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, script in SHIMS.items():
+        (bin_dir / name).write_text(script)
+        (bin_dir / name).chmod(0o755)
+    sbatch = Path(__file__).parents[2] / "examples" / "slurm_ray.sbatch"
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "SLURM_JOB_NODELIST": "localhost",
+           "SLURM_CPUS_PER_TASK": "2", "SLURM_GPUS_PER_TASK": "0", "MEDTRANSFER": str(Path(sys.executable).parent),
+           "RAY_PORT": str(6900 + os.getpid() % 500)}
+    try:
+        done = subprocess.run(["bash", str(sbatch), str(write_grid(tmp_path, output="out"))], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=900)
+    finally:
+        subprocess.run([str(Path(sys.executable).parent / "ray"), "stop", "--force"], capture_output=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "6 run(s) done, 0 already finished, 0 failed of 6" in done.stdout
+    assert set(results(tmp_path / "out")["status"]) == {"done"}
