@@ -19,6 +19,7 @@ import medtransfer
 from medtransfer.bench.runner import run_experiment
 from medtransfer.bench.store import ResultStore
 from medtransfer.config import ExperimentConfig, validate_config
+from medtransfer.models.checkpoint import sha256_file
 
 pytest.importorskip("ray")
 
@@ -109,6 +110,23 @@ def test_two_local_workers_store_exactly_the_sequential_results(tmp_path):
             np.testing.assert_array_equal(np.load(run_dir / "test_predictions.npz")[name],
                                           np.load(tmp_path / "seq" / "runs" / run_id[:16] / "test_predictions.npz")[name])
     assert len(workers) == 2 and os.getpid() not in workers  # trained in two Ray worker processes
+
+
+@pytest.mark.slow
+def test_pretraining_is_a_task_and_other_inits_do_not_wait_for_it(tmp_path):
+    pretraining = {"method": "simclr", "data": DATA, "backbone": {"name": "resnet_tiny"}, "epochs": 2,
+                   "batch_size": 32}
+    cfg = validate_config({**GRID, "inits": ["random", {"label": "simclr", "pretrain": pretraining}],
+                           "strategies": ["linear"], "label_fractions": [1.0],
+                           "hardware": {"executor": "ray", "workers": 2}}, ExperimentConfig)
+    summary = run_experiment(cfg, tmp_path, progress=False)
+    assert (summary.done, summary.failed) == (2, [])
+    (checkpoint,) = (tmp_path / "pretrain").glob("*/backbone.safetensors")
+    rows = ResultStore(tmp_path).rows().set_index("init")
+    assert rows.loc["simclr", "config"]["init"]["sha256"] == sha256_file(checkpoint)
+    assert rows.loc["simclr", "extra"]["init_file"] == str(checkpoint.resolve())
+    random_run = tmp_path / "runs" / rows.loc["random", "run_id"][:16] / "worker.json"
+    assert random_run.stat().st_mtime < checkpoint.stat().st_mtime  # started while the pre-training ran
 
 
 @pytest.mark.slow

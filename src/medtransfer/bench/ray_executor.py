@@ -131,8 +131,9 @@ class RayGrid:
             else:
                 leases.hold(run_id)
                 init_file = self.prepared.init_files[spec.init.name]
-                ref = self.train.remote(self.cfg, spec, None if init_file is None else str(init_file),
-                                        str(self.store.run_dir(run_id)), self.verbose)
+                # absolute paths: a worker of a joined cluster does not share this driver's working directory
+                ref = self.train.remote(self.cfg, spec, None if init_file is None else str(init_file.resolve()),
+                                        str(self.store.run_dir(run_id).resolve()), self.verbose)
                 self.running[ref] = (spec, run_id)
 
     def _pretrained(self, ref) -> None:
@@ -188,7 +189,8 @@ class RayGrid:
             try:
                 for name, pcfg in self.prepared.pretrain_configs.items():
                     output = pcfg.output or default_output(pcfg, folder / "pretrain")
-                    ref = self.pretrain.remote(pcfg, str(output), self.cfg.hardware.cpus_per_run, self.verbose)
+                    ref = self.pretrain.remote(pcfg, str(output.resolve()), self.cfg.hardware.cpus_per_run,
+                                               self.verbose)
                     self.pretraining[ref] = name
                 self._enqueue()
                 while self.queue or self.held or self.running or self.pretraining:

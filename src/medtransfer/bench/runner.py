@@ -225,7 +225,8 @@ def run_experiment(cfg: ExperimentConfig, folder: str | Path | None = None, verb
             if outcome == "held":
                 held.append((spec, run_id))
                 continue
-            bar.update()
+            if outcome != "claimed":
+                bar.update()
             if outcome == "done":  # finished meanwhile by another process sharing the folder
                 finished_elsewhere += 1
                 continue
@@ -251,6 +252,7 @@ def run_experiment(cfg: ExperimentConfig, folder: str | Path | None = None, verb
                 continue
             finally:
                 leases.release(run_id)
+                bar.update()
             if writer:
                 data = prepared.data[spec.dataset_label]
                 store.save_predictions(run_id, **result.predictions)
