@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import yaml
 
 import medtransfer
 import medtransfer.bench.runner as runner
+from medtransfer.bench.claims import pretraining_lock
 from medtransfer.bench.grid import expand
 from medtransfer.bench.runner import run_experiment
 from medtransfer.bench.store import ResultStore
@@ -71,12 +73,15 @@ def test_run_held_by_a_live_process_is_waited_for_and_taken_over_when_its_lease_
     specs = expand(cfg)
     held = specs[0].run_id(cfg, None)
     store = ResultStore(tmp_path)
-    assert store.claim(held, specs[0].resolved(cfg, None), specs[0].labels(), "elsewhere:1:x", lease_s=2) == "claimed"
-    fake = FakeFineTune()
+    assert store.claim(held, specs[0].resolved(cfg, None), specs[0].labels(), "elsewhere:1:x", lease_s=600) == "claimed"
+
+    def holder_stops_renewing(call):
+        if call == 3:  # while this process trains its last own run, the holder's last renewal runs out in 1 s
+            store.renew([held], "elsewhere:1:x", lease_s=1)
+
+    fake = FakeFineTune(on_call=holder_stops_renewing)
     monkeypatch.setattr(runner, "fine_tune", fake)
-    started = time.monotonic()
-    summary = run_experiment(cfg, tmp_path, progress=False, lease_s=60)
-    assert time.monotonic() - started >= 1.5  # it waited for the other owner's lease to run out
+    summary = run_experiment(cfg, tmp_path, progress=False)
     assert fake.labels() == [("linear", 45), ("end_to_end", 90), ("linear", 90), ("end_to_end", 45)]
     assert (summary.done, summary.skipped, summary.failed) == (4, 0, [])
     rows = ResultStore(tmp_path).rows(None).set_index("run_id")
@@ -100,3 +105,22 @@ def test_run_finished_by_the_holder_while_waiting_is_not_trained(tmp_path, monke
     assert len(fake.calls) == 3
     assert (summary.done, summary.skipped) == (3, 1)
     assert ResultStore(tmp_path).rows().set_index("run_id").loc[held, "metric.auc"] == 0.99
+
+
+def test_pretraining_lock_lets_one_process_at_a_time_train_into_a_folder(tmp_path):
+    """Threads stand in for processes here: the lock is a file lock, exclusive between open files."""
+    events = []
+
+    def pretrain(name):
+        with pretraining_lock(tmp_path / "pretrain" / "simclr-x"):
+            events.append(("start", name))
+            time.sleep(0.3)
+            events.append(("end", name))
+
+    workers = [threading.Thread(target=pretrain, args=(name,)) for name in "ab"]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    assert [kind for kind, _ in events] == ["start", "end", "start", "end"]
+    assert events[0][1] == events[1][1]

@@ -212,11 +212,14 @@ def test_slurm_recipe_runs_a_grid_on_a_one_node_allocation(tmp_path):
     env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "SLURM_JOB_NODELIST": "localhost",
            "SLURM_CPUS_PER_TASK": "2", "SLURM_GPUS_PER_TASK": "0", "MEDTRANSFER": str(Path(sys.executable).parent),
            "RAY_PORT": str(6900 + os.getpid() % 500)}
-    try:
-        done = subprocess.run(["bash", str(sbatch), str(write_grid(tmp_path, output="out"))], cwd=tmp_path, env=env,
-                              capture_output=True, text=True, timeout=900)
-    finally:
-        subprocess.run([str(Path(sys.executable).parent / "ray"), "stop", "--force"], capture_output=True, timeout=120)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "6 run(s) done, 0 already finished, 0 failed of 6" in done.stdout
+    # files, not pipes: the Ray daemons the script leaves running (SLURM would end them with the job) keep them open
+    with open(tmp_path / "stdout", "w") as out, open(tmp_path / "stderr", "w") as err:
+        try:
+            done = subprocess.run(["bash", str(sbatch), str(write_grid(tmp_path, output="out"))], cwd=tmp_path,
+                                  env=env, stdout=out, stderr=err, timeout=900)
+        finally:
+            subprocess.run([str(Path(sys.executable).parent / "ray"), "stop", "--force"], capture_output=True,
+                           timeout=120)
+    assert done.returncode == 0, (tmp_path / "stderr").read_text()[-3000:]
+    assert "6 run(s) done, 0 already finished, 0 failed of 6" in (tmp_path / "stdout").read_text()
     assert set(results(tmp_path / "out")["status"]) == {"done"}

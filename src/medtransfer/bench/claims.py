@@ -11,8 +11,13 @@ import os
 import socket
 import threading
 import uuid
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from functools import lru_cache
+from pathlib import Path
+from typing import Iterator
+
+from filelock import FileLock
 
 from medtransfer.bench.store import ResultStore
 
@@ -72,3 +77,13 @@ class LeaseKeeper:
                 self.store.renew(held, self.owner, self.lease_s)
             except Exception as err:  # noqa: BLE001 - a busy or briefly unreadable store must not kill the thread
                 log.warning("could not renew run leases: %s", err)
+
+
+@contextmanager
+def pretraining_lock(output: Path) -> Iterator[None]:
+    """Held while a pre-training runs in ``output``: a second process sharing the folder waits, then finds the
+    finished checkpoint and reuses it, instead of training into the same folder at the same time."""
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(output.with_name(output.name + ".lock")):
+        yield

@@ -12,6 +12,7 @@ import os
 import socket
 from pathlib import Path
 
+from medtransfer.bench.claims import pretraining_lock
 from medtransfer.bench.executors import torch_threads
 from medtransfer.bench.grid import RunSpec
 from medtransfer.bench.runner import Prepared, dataset_input_size, quiet_lightning, run_extra, run_one
@@ -27,7 +28,7 @@ def pretrain_task(pcfg: PretrainConfig, output: str, threads: int, verbose: bool
     """Pre-train (or reuse a finished pre-training) in ``output``; returns the checkpoint's path."""
     if not verbose:
         quiet_lightning()
-    with torch_threads(threads):
+    with torch_threads(threads), pretraining_lock(Path(output)):
         return str(pretrain(pcfg, Path(output), verbose=verbose))
 
 

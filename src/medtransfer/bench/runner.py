@@ -21,7 +21,7 @@ import numpy as np
 from lightning.pytorch.utilities import rank_zero_only
 from tqdm.auto import tqdm
 
-from medtransfer.bench.claims import LEASE_S, LeaseKeeper, pass_started, process_owner
+from medtransfer.bench.claims import LEASE_S, LeaseKeeper, pass_started, pretraining_lock, process_owner
 from medtransfer.bench.executors import torch_threads
 from medtransfer.bench.grid import RunSpec, dataset_labels, expand
 from medtransfer.bench.store import ClaimLost, ResultStore
@@ -146,7 +146,9 @@ def prepare(cfg: ExperimentConfig) -> Prepared:
 def run_pretrainings(cfg: ExperimentConfig, prepared: Prepared, folder: Path, verbose: bool) -> None:
     """Run (or reuse) each pre-training init inside the experiment folder; its checkpoint hash keys the runs."""
     for name, pcfg in prepared.pretrain_configs.items():
-        checkpoint = pretrain(pcfg, pcfg.output or default_output(pcfg, folder / "pretrain"), verbose=verbose)
+        output = pcfg.output or default_output(pcfg, folder / "pretrain")
+        with pretraining_lock(output):
+            checkpoint = pretrain(pcfg, output, verbose=verbose)
         _check_fits(cfg, checkpoint, str(checkpoint), prepared)
         prepared.init_files[name] = checkpoint
         prepared.init_sha256[name] = sha256_file(checkpoint)
