@@ -101,8 +101,9 @@ class RayGrid:
     def _enqueue(self, init_name: str | None = None) -> None:
         """Queue the unfinished runs of one init (all inits without a pre-training when None); count the rest."""
         for spec in self.specs:
-            pending = spec.init.name in self.prepared.pretrain_configs
-            if (spec.init.name != init_name) if init_name else pending:
+            wanted = (spec.init.name == init_name if init_name
+                      else spec.init.name not in self.prepared.pretrain_configs)
+            if not wanted:
                 continue
             run_id = spec.run_id(self.cfg, self.prepared.init_sha256[spec.init.name],
                                  self.segmentation[spec.dataset_label])

@@ -13,6 +13,7 @@ import time
 import traceback
 import warnings
 from collections import deque
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -147,7 +148,8 @@ def run_pretrainings(cfg: ExperimentConfig, prepared: Prepared, folder: Path, ve
     """Run (or reuse) each pre-training init inside the experiment folder; its checkpoint hash keys the runs."""
     for name, pcfg in prepared.pretrain_configs.items():
         output = pcfg.output or default_output(pcfg, folder / "pretrain")
-        with pretraining_lock(output):
+        # DDP ranks > 0 join rank 0's pre-training, so only rank 0 may wait for another process's
+        with pretraining_lock(output) if rank_zero_only.rank == 0 else nullcontext():
             checkpoint = pretrain(pcfg, output, verbose=verbose)
         _check_fits(cfg, checkpoint, str(checkpoint), prepared)
         prepared.init_files[name] = checkpoint
