@@ -29,7 +29,7 @@ from medtransfer.bench.runner import run_experiment
 from medtransfer.bench.store import ResultStore
 from medtransfer.config import ExperimentConfig, HardwareConfig, validate_config
 
-for key, value in {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0"}.items():
+for key, value in {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}.items():
     os.environ.setdefault(key, value)
 
 
@@ -67,8 +67,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", type=int, default=24, help="grid size, a multiple of 6 (default: 24)")
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--epochs", type=int, default=2)
-    parser.add_argument("--n-train", type=int, default=400)
+    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--n-train", type=int, default=2000)
     parser.add_argument("--noop-tasks", type=int, default=200)
     args = parser.parse_args()
 

@@ -14,7 +14,7 @@ import math
 import os
 import time
 from collections import deque
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Iterator
 
@@ -162,7 +162,8 @@ class RayGrid:
         try:
             out = self.ray.get(ref)
         except self.ray.exceptions.RayError as err:
-            self.store.fail(run_id, str(err), owner=self.owner)
+            with suppress(ClaimLost):  # stalled past the lease: the run is another driver's now
+                self.store.fail(run_id, str(err), owner=self.owner)
             self.failed.append(f"{spec.labels()}: {str(err).strip().splitlines()[-1]}")
             if self.fail_fast:
                 raise
