@@ -6,7 +6,8 @@ torch thread per run in both modes, so both do the same work and store the same 
 * T_seq and T_N: wall time of ``run_experiment`` each, the Ray one including starting and stopping its local Ray
   instance and each worker's first import of torch;
 * parallel efficiency T_seq / (N * T_N), end to end, and again with Ray's start-up (measured alone) subtracted;
-* Ray's scheduling overhead per run: the round trip of a no-op task with the same resources, in ms.
+* Ray's scheduling overhead per run: the round trip of a no-op task with the same resources, in ms;
+* a run's mean training time (stored ``fit_s``) in each mode: equal when every worker had a core of its own.
 
 On a machine shared with other work the efficiency is depressed: N workers need N idle cores.
 
@@ -29,7 +30,8 @@ from medtransfer.bench.runner import run_experiment
 from medtransfer.bench.store import ResultStore
 from medtransfer.config import ExperimentConfig, HardwareConfig, validate_config
 
-for key, value in {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}.items():
+LOOPBACK_RAY = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
+for key, value in LOOPBACK_RAY.items():  # a throw-away local instance on this machine only
     os.environ.setdefault(key, value)
 
 
@@ -79,6 +81,9 @@ def main() -> None:
                            Path(tmp) / "par")
         seq, par = (ResultStore(Path(tmp) / name).rows().set_index("run_id").sort_index() for name in ("seq", "par"))
         identical = list(seq.index) == list(par.index) and list(seq["metrics"]) == list(par["metrics"])
+        # a run's own training time in each mode: longer in parallel means the workers did not get a core each
+        fit_s = {name: sum(t["fit_s"] for t in rows["timings"]) / len(rows) for name, rows in (("seq", seq),
+                                                                                               ("par", par))}
     overhead = ray_overhead(args.workers, args.noop_tasks)
     n = args.workers
     report = {
@@ -88,7 +93,8 @@ def main() -> None:
         "efficiency": round(t_seq / (n * t_par), 3),
         "efficiency_without_ray_startup": round(t_seq / (n * (t_par - overhead["total_s"])), 3),
         "ray_startup_s": round(overhead["startup_s"], 2), "ray_startup_and_shutdown_s": round(overhead["total_s"], 2),
-        "noop_task_ms": round(overhead["noop_task_ms"], 2), "identical_metrics": identical}
+        "noop_task_ms": round(overhead["noop_task_ms"], 2), "identical_metrics": identical,
+        "run_fit_s_seq": round(fit_s["seq"], 2), "run_fit_s_par": round(fit_s["par"], 2)}
     print(json.dumps(report, indent=2))
 
 

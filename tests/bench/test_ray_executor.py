@@ -106,9 +106,10 @@ def test_two_local_workers_store_exactly_the_sequential_results(tmp_path):
     for run_id in par.index:
         run_dir = tmp_path / "par" / "runs" / run_id[:16]
         workers.add(json.loads((run_dir / "worker.json").read_text())["pid"])
+        sequential_dir = tmp_path / "seq" / "runs" / run_id[:16]
         for name in ("scores", "y_true"):
             np.testing.assert_array_equal(np.load(run_dir / "test_predictions.npz")[name],
-                                          np.load(tmp_path / "seq" / "runs" / run_id[:16] / "test_predictions.npz")[name])
+                                          np.load(sequential_dir / "test_predictions.npz")[name])
     assert len(workers) == 2 and os.getpid() not in workers  # trained in two Ray worker processes
 
 

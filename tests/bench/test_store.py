@@ -188,8 +188,8 @@ def test_schema_version_is_checked(tmp_path):
 
 
 V1_SCHEMA = """CREATE TABLE runs (run_id TEXT PRIMARY KEY, status TEXT NOT NULL, dataset TEXT NOT NULL,
-    init TEXT NOT NULL, strategy TEXT NOT NULL, fraction REAL NOT NULL, seed INTEGER NOT NULL, attempts INTEGER NOT NULL,
-    started_at TEXT NOT NULL, finished_at TEXT, config TEXT NOT NULL, metrics TEXT, per_class TEXT, val_metrics TEXT,
+    init TEXT NOT NULL, strategy TEXT NOT NULL, fraction REAL NOT NULL, seed INTEGER NOT NULL,
+    attempts INTEGER NOT NULL, started_at TEXT NOT NULL, finished_at TEXT, config TEXT NOT NULL, metrics TEXT, per_class TEXT, val_metrics TEXT,
     timings TEXT, extra TEXT, error TEXT, versions TEXT NOT NULL, git_commit TEXT, hostname TEXT NOT NULL)"""
 
 
