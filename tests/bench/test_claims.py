@@ -68,7 +68,8 @@ def test_two_processes_on_one_folder_train_each_run_once(tmp_path):
     assert sorted(p.name for p in (folder / "runs").iterdir()) == sorted(Path(s).name for s in starts)
 
 
-def test_run_held_by_a_live_process_is_waited_for_and_taken_over_when_its_lease_expires(tmp_path, monkeypatch):
+def test_run_held_by_a_live_process_is_waited_for_and_taken_over_when_its_lease_expires(tmp_path, monkeypatch,
+                                                                                       capsys):
     cfg = experiment()
     specs = expand(cfg)
     held = specs[0].run_id(cfg, None)
@@ -84,6 +85,7 @@ def test_run_held_by_a_live_process_is_waited_for_and_taken_over_when_its_lease_
     summary = run_experiment(cfg, tmp_path, progress=False)
     assert fake.labels() == [("linear", 45), ("end_to_end", 90), ("linear", 90), ("end_to_end", 45)]
     assert (summary.done, summary.skipped, summary.failed) == (4, 0, [])
+    assert capsys.readouterr().err.count("waiting for 1 run(s) running elsewhere") == 1
     rows = ResultStore(tmp_path).rows(None).set_index("run_id")
     assert rows.loc[held, "attempts"] == 2 and set(rows["status"]) == {"done"}
 

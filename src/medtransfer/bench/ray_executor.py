@@ -25,7 +25,7 @@ from medtransfer.bench.grid import RunSpec, expand
 from medtransfer.bench.runner import Prepared, RunSummary, _check_fits
 from medtransfer.bench.store import ClaimLost, ResultStore
 from medtransfer.config import ExperimentConfig, HardwareConfig
-from medtransfer.errors import ConfigError
+from medtransfer.errors import ConfigError, MedtransferError
 from medtransfer.models.checkpoint import sha256_file
 from medtransfer.pretrain.run import default_output
 
@@ -48,7 +48,11 @@ def ray_session(hw: HardwareConfig, verbose: bool) -> Iterator:
     ray = _import_ray()
     quiet = {"logging_level": "INFO" if verbose else "WARNING", "log_to_driver": verbose}
     if hw.address:
-        ray.init(address=hw.address, **quiet)
+        try:
+            ray.init(address=hw.address, **quiet)
+        except ConnectionError as err:  # nothing listens there: say so before any training, in one line
+            raise MedtransferError(f"hardware.address {hw.address!r}: no Ray cluster to join ({err}); start one with "
+                                   "'ray start --head' or run with --workers N for a local instance") from None
     else:
         ray.init(num_cpus=hw.workers * hw.cpus_per_run if hw.workers else None, include_dashboard=False, **quiet)
     try:

@@ -9,6 +9,7 @@ redoes; finished runs are never run twice.
 from __future__ import annotations
 
 import logging
+import sys
 import time
 import traceback
 import warnings
@@ -210,11 +211,14 @@ def run_experiment(cfg: ExperimentConfig, folder: str | Path | None = None, verb
     failed: list[str] = []
     finished_elsewhere = 0
     held: list[tuple[RunSpec, str]] = []
+    waited = False
     bar = tqdm(total=n_todo, desc=cfg.name, unit="run", disable=not progress or not writer)
     with LeaseKeeper(store, owner, lease_s) as leases:
         while todo or held:
             if not todo:  # only runs other processes hold are left: wait for them to end or their owner to die
-                bar.set_postfix_str(f"waiting for {len(held)} run(s) running elsewhere")
+                if not waited and writer:
+                    tqdm.write(f"waiting for {len(held)} run(s) running elsewhere", file=sys.stderr)
+                waited = True
                 time.sleep(min(lease_s / 4, WAIT_POLL_S))
                 todo.extend(held)
                 held.clear()

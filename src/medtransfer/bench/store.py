@@ -239,10 +239,10 @@ class ResultStore:
         """Atomically start a run for ``owner`` unless another process has it; returns one of CLAIM_OUTCOMES.
 
         "done": finished (by anyone). "held": running under another owner whose lease has not expired.
-        "ended": failed or interrupted at or after ``since`` (an ISO time, e.g. when this grid pass began), so an
-        attempt in this pass already happened elsewhere; it is retried by the next pass, not twice by this one.
+        "ended": failed or interrupted by another owner at or after ``since`` (an ISO time, e.g. when this grid
+        pass began), so an attempt in this pass already happened elsewhere; the next pass retries it.
         "claimed": now running for ``owner`` with a lease of ``lease_s`` seconds: newly, restarted (attempts + 1),
-        taken over from an owner whose lease expired, or already ours (several DDP ranks share one owner).
+        taken over from an owner whose lease expired or who died, or already ours (its lease renewed).
         """
         values = self._start_values(run_id, config, labels, owner, time.time() + lease_s)
         with self._transaction() as con:
@@ -256,7 +256,8 @@ class ResultStore:
             if (row is not None and row["status"] == "running" and (row["lease_until"] or 0) > time.time()
                     and owner_alive(row["owner"])):
                 return "held"
-            if row is not None and row["status"] != "running" and since is not None and row["finished_at"] >= since:
+            if (row is not None and row["status"] != "running" and row["owner"] != owner and since is not None
+                    and row["finished_at"] >= since):
                 return "ended"
             self._write_start(con, values)
             return "claimed"
