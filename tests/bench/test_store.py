@@ -250,6 +250,7 @@ def test_run_that_ended_during_this_pass_is_not_claimed_again(tmp_path):
     (row,) = store.rows(None).to_dict("records")
     assert store.claim("r1", {}, LABELS, "me:2:a", lease_s=60, since=row["started_at"]) == "ended"
     assert store.claim("r1", {}, LABELS, "elsewhere:1:b", lease_s=60, since=row["started_at"]) == "claimed"  # own
+    store.fail("r1", "boom again", owner="elsewhere:1:b")
     assert store.claim("r1", {}, LABELS, "me:2:a", lease_s=60, since="2999-01-01") == "claimed"  # a later pass
 
 
