@@ -16,7 +16,7 @@ from medtransfer.interrupts import Interrupted, signals_interrupt
 def _run(args) -> int:
     from medtransfer.bench.runner import run_experiment
     from medtransfer.bench.store import ResultStore
-    from medtransfer.config import ExperimentConfig, load_config
+    from medtransfer.config import ExperimentConfig, HardwareConfig, load_config, validate_config
     from medtransfer.report.coverage import finished_runs
     from medtransfer.report.integrity import format_warnings
     from medtransfer.report.tables import format_table, summary_table
@@ -24,6 +24,11 @@ def _run(args) -> int:
     from lightning.pytorch.utilities import rank_zero_only
 
     cfg = load_config(args.experiment, ExperimentConfig)
+    if args.workers or args.address:  # either flag means the Ray executor
+        flags = {"executor": "ray", **({"workers": args.workers} if args.workers else {}),
+                 **({"address": args.address} if args.address else {})}
+        hardware = validate_config({**cfg.hardware.model_dump(), **flags}, HardwareConfig, source="--workers/--address")
+        cfg = cfg.model_copy(update={"hardware": hardware})
     summary = run_experiment(cfg, args.output, verbose=args.verbose, fail_fast=args.fail_fast,
                              progress=not args.no_progress)
     if rank_zero_only.rank != 0:  # under DDP every process runs the grid; one report is enough
@@ -179,6 +184,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--fail-fast", action="store_true", help="stop at the first failed run")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     run.add_argument("--verbose", action="store_true", help="show Lightning's per-run output")
+    run.add_argument("--workers", type=int, help="run this many runs at a time as Ray tasks on a local Ray instance "
+                     "(hardware.executor: ray)")
+    run.add_argument("--address", help="run the runs as Ray tasks on this Ray cluster: 'auto' or HOST:PORT")
     run.set_defaults(func=_run)
 
     pre = sub.add_parser("pretrain", help="self-supervised pre-training of a backbone",

@@ -146,6 +146,24 @@ class HardwareConfig(Strict):
     precision: Literal["auto", "32-true", "16-mixed", "bf16-mixed"] = "auto"
     channels_last: bool = True
     deterministic: bool = True
+    executor: Literal["sequential", "ray"] = Field(
+        "sequential", description="sequential: runs one after another in this process; ray: runs as Ray tasks")
+    workers: Optional[int] = Field(None, ge=1, description="ray: runs at a time (default: as the cluster's "
+                                                           "resources allow)")
+    address: Optional[str] = Field(None, description="ray: join this cluster ('auto' or HOST:PORT) instead of "
+                                                     "starting a local Ray instance")
+    cpus_per_run: Optional[int] = Field(None, ge=1, description="CPU cores (and torch threads) per run; ray "
+                                                                "default 1, sequential default: torch's own")
+    gpus_per_run: float = Field(0, ge=0, description="ray: GPUs per run, fractional to share one (e.g. 0.25)")
+    max_retries: int = Field(1, ge=0, description="ray: retries of a run whose worker process died")
+
+    @model_validator(mode="after")
+    def _no_ddp_in_tasks(self):
+        if self.executor == "ray" and self.ddp:  # Lightning's DDP re-runs the command per GPU; a Ray task has none
+            raise ValueError("ddp runs one process per device by re-running the command, which a Ray task cannot: "
+                             "use executor 'sequential' for DDP runs, or give each Ray run whole GPUs with "
+                             "gpus_per_run: 1 and ddp: false")
+        return self
 
 
 class NormalisationFields(Strict):

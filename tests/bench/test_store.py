@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import medtransfer
-from medtransfer.bench.store import ResultStore, _git_commit, config_hash
+from medtransfer.bench.store import ClaimLost, ResultStore, _git_commit, config_hash
 from medtransfer.errors import MedtransferError
 
 LABELS = {"dataset": "pneumoniamnist", "init": "imagenet", "strategy": "linear", "fraction": 0.1, "seed": 0}
@@ -180,11 +180,78 @@ def test_concurrent_writer_processes(tmp_path):
 def test_schema_version_is_checked(tmp_path):
     store = ResultStore(tmp_path)
     with sqlite3.connect(store.path) as con:
-        assert con.execute("PRAGMA user_version").fetchone() == (1,)
+        assert con.execute("PRAGMA user_version").fetchone() == (2,)
         assert con.execute("PRAGMA journal_mode").fetchone() == ("wal",)
         con.execute("PRAGMA user_version = 99")
     with pytest.raises(MedtransferError, match="schema version 99"):
         ResultStore(tmp_path)
+
+
+V1_SCHEMA = """CREATE TABLE runs (run_id TEXT PRIMARY KEY, status TEXT NOT NULL, dataset TEXT NOT NULL,
+    init TEXT NOT NULL, strategy TEXT NOT NULL, fraction REAL NOT NULL, seed INTEGER NOT NULL,
+    attempts INTEGER NOT NULL, started_at TEXT NOT NULL, finished_at TEXT, config TEXT NOT NULL, metrics TEXT, per_class TEXT, val_metrics TEXT,
+    timings TEXT, extra TEXT, error TEXT, versions TEXT NOT NULL, git_commit TEXT, hostname TEXT NOT NULL)"""
+
+
+def test_version_1_store_is_migrated_keeping_its_rows(tmp_path):
+    """A store written before claims existed opens, keeps its rows, and its stale running row can be claimed."""
+    with sqlite3.connect(tmp_path / "results.sqlite") as con:
+        con.execute(V1_SCHEMA)
+        for run_id, status, metrics in (("old-done", "done", '{"auc":0.75}'), ("old-running", "running", None)):
+            con.execute("INSERT INTO runs (run_id, status, dataset, init, strategy, fraction, seed, attempts, "
+                        "started_at, metrics, config, versions, hostname) VALUES (?, ?, 'd', 'random', 'linear', 1.0, "
+                        "0, 1, '2025-01-01T00:00:00+00:00', ?, '{}', '{}', 'h')", (run_id, status, metrics))
+        con.execute("PRAGMA user_version = 1")
+    store = ResultStore(tmp_path)
+    with sqlite3.connect(store.path) as con:
+        assert con.execute("PRAGMA user_version").fetchone() == (2,)
+    assert store.rows()["metric.auc"].tolist() == [0.75]
+    assert store.claim("old-done", {}, LABELS, "me:1:a", lease_s=60) == "done"
+    assert store.claim("old-running", {}, LABELS, "me:1:a", lease_s=60) == "claimed"
+    assert store.rows(None).set_index("run_id").loc["old-running", "attempts"] == 2
+    assert ResultStore(tmp_path).rows(None)["run_id"].tolist() == ["old-done", "old-running"]  # reopening is a no-op
+
+
+def test_claim_is_exclusive_until_the_lease_expires(tmp_path):
+    store = ResultStore(tmp_path)
+    other = "elsewhere:1:b"  # another host: only its lease tells whether it is alive
+    assert store.claim("r1", {}, LABELS, other, lease_s=0.5) == "claimed"
+    assert store.claim("r1", {}, LABELS, "me:2:a", lease_s=60) == "held"
+    assert store.claim("r1", {}, LABELS, other, lease_s=0.5) == "claimed"  # its own claim again: no new attempt
+    store.renew(["r1"], other, lease_s=0.5)
+    time.sleep(0.6)
+    assert store.claim("r1", {}, LABELS, "me:2:a", lease_s=60) == "claimed"  # stale: taken over
+    (row,) = store.rows(None).to_dict("records")
+    assert (row["owner"], row["attempts"]) == ("me:2:a", 2)
+    with pytest.raises(ClaimLost, match="taken over"):
+        _finish_as(store, "r1", other)
+    _finish_as(store, "r1", "me:2:a")
+    assert store.claim("r1", {}, LABELS, other, lease_s=60) == "done"
+
+
+def _finish_as(store, run_id, owner):
+    store.finish(run_id, {"auc": 0.9}, {}, {}, {}, owner=owner)
+
+
+def test_claim_of_a_dead_local_process_is_taken_over_at_once(tmp_path):
+    store = ResultStore(tmp_path)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    owner = f"{socket.gethostname()}:{dead.stdout.strip()}:c"
+    assert store.claim("r1", {}, LABELS, owner, lease_s=3600) == "claimed"
+    live = f"{socket.gethostname()}:{os.getpid()}:d"
+    assert store.claim("r1", {}, LABELS, live, lease_s=3600) == "claimed"
+    assert store.claim("r1", {}, LABELS, "me:2:a", lease_s=60) == "held"  # a live local owner keeps it
+
+
+def test_run_that_ended_during_this_pass_is_not_claimed_again(tmp_path):
+    store = ResultStore(tmp_path)
+    store.claim("r1", {}, LABELS, "elsewhere:1:b", lease_s=60)
+    store.fail("r1", "boom", owner="elsewhere:1:b")
+    (row,) = store.rows(None).to_dict("records")
+    assert store.claim("r1", {}, LABELS, "me:2:a", lease_s=60, since=row["started_at"]) == "ended"
+    assert store.claim("r1", {}, LABELS, "elsewhere:1:b", lease_s=60, since=row["started_at"]) == "claimed"  # own
+    store.fail("r1", "boom again", owner="elsewhere:1:b")
+    assert store.claim("r1", {}, LABELS, "me:2:a", lease_s=60, since="2999-01-01") == "claimed"  # a later pass
 
 
 def test_config_hash_is_canonical():

@@ -9,8 +9,12 @@ redoes; finished runs are never run twice.
 from __future__ import annotations
 
 import logging
+import sys
+import time
 import traceback
 import warnings
+from collections import deque
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,10 +23,12 @@ import numpy as np
 from lightning.pytorch.utilities import rank_zero_only
 from tqdm.auto import tqdm
 
+from medtransfer.bench.claims import LEASE_S, LeaseKeeper, pass_started, pretraining_lock, process_owner
+from medtransfer.bench.executors import torch_threads
 from medtransfer.bench.grid import RunSpec, dataset_labels, expand
-from medtransfer.bench.store import ResultStore
+from medtransfer.bench.store import ClaimLost, ResultStore
 from medtransfer.bench.store_faults import stop_if_disk_full
-from medtransfer.config import ExperimentConfig, InitConfig, PretrainConfig, load_config
+from medtransfer.config import DatasetConfig, ExperimentConfig, InitConfig, PretrainConfig, load_config
 from medtransfer.data import ImageDataset, label_fraction_indices, load_dataset
 from medtransfer.data.fractions import describe_subset
 from medtransfer.data.normalisation import DEFAULT, Normalisation
@@ -36,6 +42,9 @@ from medtransfer.models.factory import create_backbone
 from medtransfer.models.zoo import init_normalisation, load_init, resolve_weights
 from medtransfer.pretrain import METHODS
 from medtransfer.pretrain.run import check_data, check_options, default_output, pretrain, resolve_init
+
+WAIT_POLL_S = 2.0  # how often runs held by other processes are checked at the end of a pass
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -70,6 +79,11 @@ def _input_size(cfg_resize: int | None, data: ImageDataset) -> tuple[int, ...]:
     return (cfg_resize,) * data.spatial_dims if cfg_resize else data.image_size
 
 
+def dataset_input_size(cfg: ExperimentConfig, ds_cfg: DatasetConfig, data: ImageDataset) -> tuple[int, ...]:
+    return (segmentation_input_size(data, ds_cfg.resize, cfg.train.segmentation)
+            if data.task == "segmentation" else _input_size(ds_cfg.resize, data))
+
+
 def _pretrain_config(init: InitConfig) -> PretrainConfig:
     return load_config(init.pretrain, PretrainConfig) if isinstance(init.pretrain, Path) else init.pretrain
 
@@ -92,8 +106,7 @@ def prepare(cfg: ExperimentConfig) -> Prepared:
     for ds_cfg, label in zip(cfg.datasets, dataset_labels(cfg.datasets)):
         data = load_dataset(ds_cfg.name, **ds_cfg.options)
         prepared.data[label] = data
-        prepared.input_size[label] = (segmentation_input_size(data, ds_cfg.resize, cfg.train.segmentation)
-                                      if data.task == "segmentation" else _input_size(ds_cfg.resize, data))
+        prepared.input_size[label] = dataset_input_size(cfg, ds_cfg, data)
         monitor = resolve_monitor(cfg.train, data.task)
         probe = _build(cfg, prepared, label)
         view = cfg.backbone.view or probe.default_view
@@ -146,10 +159,20 @@ def run_normalisation(prepared: Prepared, spec: RunSpec) -> Normalisation:
     return prepared.init_normalisation[spec.init.name].for_channels(prepared.data[spec.dataset_label].in_chans)
 
 
+def run_identity(prepared: Prepared, spec: RunSpec) -> tuple[str | None, bool, Normalisation]:
+    """What identifies a run besides its config: the init's content hash, whether it segments (which settings act on
+    it), and the normalisation it is fed; ``RunSpec.run_id``/``resolved`` take these, in every executor."""
+    return (prepared.init_sha256[spec.init.name], prepared.data[spec.dataset_label].task == "segmentation",
+            run_normalisation(prepared, spec))
+
+
 def run_pretrainings(cfg: ExperimentConfig, prepared: Prepared, folder: Path, verbose: bool) -> None:
     """Run (or reuse) each pre-training init inside the experiment folder; its checkpoint hash keys the runs."""
     for name, pcfg in prepared.pretrain_configs.items():
-        checkpoint = pretrain(pcfg, pcfg.output or default_output(pcfg, folder / "pretrain"), verbose=verbose)
+        output = pcfg.output or default_output(pcfg, folder / "pretrain")
+        # DDP ranks > 0 join rank 0's pre-training, so only rank 0 may wait for another process's
+        with pretraining_lock(output) if rank_zero_only.rank == 0 else nullcontext():
+            checkpoint = pretrain(pcfg, output, verbose=verbose)
         _check_fits(cfg, checkpoint, str(checkpoint), prepared)
         prepared.init_files[name] = checkpoint
         prepared.init_sha256[name] = sha256_file(checkpoint)
@@ -167,60 +190,107 @@ def run_one(cfg: ExperimentConfig, spec: RunSpec, prepared: Prepared, workdir: P
         load_init(backbone, init_file, normalisation=prepared.init_normalisation[spec.init.name])
     view = cfg.backbone.view or backbone.default_view
     indices = prepared.subsets[spec.dataset_label, spec.fraction, spec.seed]
-    return fine_tune(data, indices, backbone, spec.strategy, view, cfg.train, cfg.hardware, spec.seed, workdir,
-                     input_size=input_size, verbose=verbose, normalisation=run_normalisation(prepared, spec)), indices
+    with torch_threads(cfg.hardware.cpus_per_run):
+        result = fine_tune(data, indices, backbone, spec.strategy, view, cfg.train, cfg.hardware, spec.seed, workdir,
+                           input_size=input_size, verbose=verbose, normalisation=run_normalisation(prepared, spec))
+    return result, indices
+
+
+def run_extra(result, indices: np.ndarray, data: ImageDataset, init_file: Path | None) -> dict:
+    """What a run stores beside its metrics: schedule outcome, subset, parameter counts, init file."""
+    return {"best_epoch": result.best_epoch, "epochs_run": result.epochs_run, "n_train": int(len(indices)),
+            "class_counts": describe_subset(data.train.labels, data.task, indices),
+            "class_names": list(data.class_names),
+            "trainable_params": result.trainable_params, "total_params": result.total_params,
+            "init_file": str(init_file or ""), "warnings": result.warnings}
 
 
 def run_experiment(cfg: ExperimentConfig, folder: str | Path | None = None, verbose: bool = False,
-                   fail_fast: bool = False, progress: bool = True) -> RunSummary:
-    """Run every unfinished run of ``cfg`` into ``folder`` (default: ``cfg.output`` or runs/<name>)."""
+                   fail_fast: bool = False, progress: bool = True, lease_s: float = LEASE_S) -> RunSummary:
+    """Run every unfinished run of ``cfg`` into ``folder`` (default: ``cfg.output`` or runs/<name>).
+
+    Runs are claimed in the store, so any number of processes on one folder share the grid: a run another live
+    process holds is left to it ("running elsewhere") and waited for at the end, and taken over if that process dies.
+    """
     folder = Path(folder or cfg.output or Path("runs") / cfg.name)
     if not verbose:
         quiet_lightning()
     prepared = prepare(cfg)
     store = ResultStore(folder)
+    if cfg.hardware.executor == "ray":
+        from medtransfer.bench.ray_executor import run_on_ray
+        return run_on_ray(cfg, prepared, store, verbose=verbose, fail_fast=fail_fast, progress=progress,
+                          lease_s=lease_s)
     run_pretrainings(cfg, prepared, folder, verbose)
     specs = expand(cfg)
     writer = rank_zero_only.rank == 0  # under DDP every process runs the grid; only rank 0 writes results
-    segmentation = {label: data.task == "segmentation" for label, data in prepared.data.items()}
-    ids = [spec.run_id(cfg, prepared.init_sha256[spec.init.name], segmentation[spec.dataset_label],
-                       run_normalisation(prepared, spec)) for spec in specs]
-    todo = [(spec, rid) for spec, rid in zip(specs, ids) if store.status(rid) != "done"]
+    ids = [spec.run_id(cfg, *run_identity(prepared, spec)) for spec in specs]
+    todo = deque((spec, rid) for spec, rid in zip(specs, ids) if store.status(rid) != "done")
+    n_todo = len(todo)
+    owner, since = process_owner(), pass_started()
     failed: list[str] = []
     finished_elsewhere = 0
-    bar = tqdm(todo, desc=cfg.name, unit="run", disable=not progress or not writer)
-    for spec, run_id in bar:
-        if store.status(run_id) == "done":  # finished meanwhile by another process sharing the folder
-            finished_elsewhere += 1
-            continue
-        labels = spec.labels()
-        bar.set_postfix_str(f"{labels['init']} | {labels['strategy']} | {labels['fraction']:g} | seed {spec.seed}")
-        if writer:
-            store.start(run_id, spec.resolved(cfg, prepared.init_sha256[spec.init.name],
-                                              segmentation[spec.dataset_label], run_normalisation(prepared, spec)),
-                        labels)
-        try:
-            result, indices = run_one(cfg, spec, prepared, store.run_dir(run_id), verbose)
-        except (KeyboardInterrupt, Interrupted) as err:
+    held: list[tuple[RunSpec, str]] = []
+    waited = False
+    bar = tqdm(total=n_todo, desc=cfg.name, unit="run", disable=not progress or not writer)
+    with LeaseKeeper(store, owner, lease_s) as leases:
+        while todo or held:
+            if not todo:  # only runs other processes hold are left: wait for them to end or their owner to die
+                if not waited and writer:
+                    tqdm.write(f"waiting for {len(held)} run(s) running elsewhere", file=sys.stderr)
+                waited = True
+                time.sleep(min(lease_s / 4, WAIT_POLL_S))
+                todo.extend(held)
+                held.clear()
+            spec, run_id = todo.popleft()
+            labels = spec.labels()
             if writer:
-                store.fail(run_id, f"interrupted by {err or 'the user'}", status="interrupted")
-            raise
-        except Exception as err:  # noqa: BLE001 - one failed run must not stop the grid unless asked to
+                outcome = store.claim(run_id, spec.resolved(cfg, *run_identity(prepared, spec)), labels, owner,
+                                      lease_s, since)
+            else:  # other DDP ranks follow rank 0, which claims every run when it is the folder's only process
+                outcome = "done" if store.status(run_id) == "done" else "claimed"
+            if outcome == "held":
+                held.append((spec, run_id))
+                continue
+            if outcome != "claimed":
+                bar.update()
+            if outcome == "done":  # finished meanwhile by another process sharing the folder
+                finished_elsewhere += 1
+                continue
+            if outcome == "ended":
+                failed.append(f"{labels}: failed in another process during this pass (see its error in the store)")
+                continue
+            bar.set_postfix_str(f"{labels['init']} | {labels['strategy']} | {labels['fraction']:g} | seed {spec.seed}")
             if writer:
-                store.fail(run_id, "".join(traceback.format_exception_only(err)).strip() + "\n" + traceback.format_exc())
-            failed.append(f"{labels}: {err}")
-            if fail_fast:
+                leases.hold(run_id)
+            try:
+                result, indices = run_one(cfg, spec, prepared, store.run_dir(run_id), verbose)
+            except (KeyboardInterrupt, Interrupted) as err:
+                if writer:
+                    store.fail(run_id, f"interrupted by {err or 'the user'}", status="interrupted", owner=owner)
                 raise
-            stop_if_disk_full(store.folder, err)  # else every later run would fail the same way
-            continue
-        if writer:
-            data = prepared.data[spec.dataset_label]
-            store.save_predictions(run_id, **result.predictions)
-            store.finish(run_id, result.metrics, result.per_class, result.val_metrics, result.timings, extra={
-                "best_epoch": result.best_epoch, "epochs_run": result.epochs_run, "n_train": int(len(indices)),
-                "class_counts": describe_subset(data.train.labels, data.task, indices),
-                "class_names": list(data.class_names),
-                "trainable_params": result.trainable_params, "total_params": result.total_params,
-                "init_file": str(prepared.init_files[spec.init.name] or ""), "warnings": result.warnings})
-    skipped = len(specs) - len(todo) + finished_elsewhere
+            except Exception as err:  # noqa: BLE001 - one failed run must not stop the grid unless asked to
+                if writer:
+                    store.fail(run_id, "".join(traceback.format_exception_only(err)).strip() + "\n"
+                               + traceback.format_exc(), owner=owner)
+                failed.append(f"{labels}: {err}")
+                if fail_fast:
+                    raise
+                stop_if_disk_full(store.folder, err)  # else every later run would fail the same way
+                continue
+            finally:
+                leases.release(run_id)
+                bar.update()
+            if writer:
+                data = prepared.data[spec.dataset_label]
+                store.save_predictions(run_id, **result.predictions)
+                try:
+                    store.finish(run_id, result.metrics, result.per_class, result.val_metrics, result.timings,
+                                 extra=run_extra(result, indices, data, prepared.init_files[spec.init.name]),
+                                 owner=owner)
+                except ClaimLost as err:  # stalled past the lease; the process that took the run over stores it
+                    log.warning("%s", err)
+                    finished_elsewhere += 1
+    bar.close()
+    skipped = len(specs) - n_todo + finished_elsewhere
     return RunSummary(folder, len(specs), skipped, len(specs) - skipped - len(failed), failed)

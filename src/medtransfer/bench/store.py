@@ -5,6 +5,11 @@ and may be killed at any moment. SQLite gives that for free: every change below 
 transaction (a killed process leaves the previous state, never half a row), WAL journaling lets
 readers work while a writer commits, and the lock ``timeout`` makes concurrent writers wait
 instead of failing. A killed run simply stays "running"; starting it again restarts it.
+
+Several processes share one grid by *claiming* runs: a claim records an owner and a lease that its owner renews
+while the run trains, so a run claimed by a live process is skipped by the others and a killed owner's run (its
+lease expired) is taken over. Schema version 2 added the owner and lease columns; version 1 stores are migrated
+in place when opened (their rows kept, their running rows unowned and so free to claim).
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import socket
 import sqlite3
 import subprocess
 import tempfile
+import time
 from contextlib import closing, contextmanager
 from datetime import datetime, timezone
 from functools import lru_cache
@@ -28,9 +34,9 @@ import numpy as np
 import pandas as pd
 
 from medtransfer.bench.store_faults import read_only_uri, store_errors
-from medtransfer.errors import StoreError, allowed
+from medtransfer.errors import MedtransferError, StoreError, allowed
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 STATUSES = ("running", "done", "failed", "interrupted")
 LABELS = ("dataset", "init", "strategy", "fraction", "seed")
 JSON_COLUMNS = ("config", "metrics", "per_class", "val_metrics", "timings", "extra", "versions")
@@ -58,9 +64,16 @@ CREATE TABLE IF NOT EXISTS runs (
     error       TEXT,
     versions    TEXT NOT NULL,
     git_commit  TEXT,
-    hostname    TEXT NOT NULL
+    hostname    TEXT NOT NULL,
+    owner       TEXT,
+    lease_until REAL
 )
 """
+# each entry upgrades a store from the version of its index + 1 to the next one
+_MIGRATIONS = (
+    ("ALTER TABLE runs ADD COLUMN owner TEXT", "ALTER TABLE runs ADD COLUMN lease_until REAL"),
+)
+CLAIM_OUTCOMES = ("claimed", "done", "held", "ended")
 
 
 def _json_default(obj: Any) -> Any:
@@ -117,6 +130,43 @@ def _git_commit() -> str | None:
     return _git("rev-parse", "--verify", "HEAD")
 
 
+def write_predictions(run_dir: Path, **arrays: np.ndarray) -> Path:
+    """Write run_dir/test_predictions.npz via a temp file and os.replace, so readers never see half a file.
+    A function of the folder alone, so a grid worker on another process or node writes it without the database."""
+    target = Path(run_dir) / "test_predictions.npz"
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".test_predictions.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez_compressed(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return target
+
+
+def owner_alive(owner: str | None) -> bool:
+    """False for a claim owner (host:pid:uuid) known to be dead: a process of this host that no longer exists, so
+    its runs are taken over at once instead of when its lease expires. Owners on other hosts count as alive."""
+    host, _, rest = (owner or "").partition(":")
+    pid = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid.isdigit():
+        return owner is not None
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by another user
+        return True
+    return True
+
+
+class ClaimLost(MedtransferError):
+    """A run's lease expired and another process took it over; this process's result for it is discarded."""
+
+
 class ResultStore:
     """The runs of one experiment folder, shared safely between processes."""
 
@@ -132,7 +182,9 @@ class ResultStore:
                 raise StoreError(f"{self.folder}: no results.sqlite here; pass the experiment folder printed by 'run'")
             self._uri = read_only_uri(self.path)
             with store_errors(self.path, "read the results store"), closing(self._connect()) as con:
-                self._check_version(con.execute("PRAGMA user_version").fetchone()[0], (SCHEMA_VERSION,))
+                # an older schema reads as it is: migrating would write
+                self._check_version(con.execute("PRAGMA user_version").fetchone()[0],
+                                    tuple(range(1, SCHEMA_VERSION + 1)))
             return
         with store_errors(self.folder, "create the experiment folder"):
             self.folder.mkdir(parents=True, exist_ok=True)
@@ -140,15 +192,21 @@ class ResultStore:
             with closing(self._connect()) as con:
                 con.execute("PRAGMA journal_mode=WAL")  # persistent; must run outside a transaction
             with self._transaction() as con:
-                self._check_version(con.execute("PRAGMA user_version").fetchone()[0], (0, SCHEMA_VERSION))
-                con.execute(_SCHEMA)
+                version = con.execute("PRAGMA user_version").fetchone()[0]
+                self._check_version(version, tuple(range(SCHEMA_VERSION + 1)))
+                if version == 0:
+                    con.execute(_SCHEMA)
+                else:
+                    for statements in _MIGRATIONS[version - 1:]:
+                        for statement in statements:
+                            con.execute(statement)
                 con.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     def _check_version(self, version: int, accepted: tuple[int, ...]) -> None:
         if version == 0 and 0 not in accepted:
             raise StoreError(f"{self.path} holds no results yet; pass the experiment folder printed by 'run'")
         if version not in accepted:
-            raise StoreError(f"{self.path} has schema version {version}; this medtransfer reads version "
+            raise StoreError(f"{self.path} has schema version {version}; this medtransfer reads versions 1 to "
                              f"{SCHEMA_VERSION}")
 
     def _connect(self) -> sqlite3.Connection:
@@ -194,14 +252,57 @@ class ResultStore:
             return self._status(con, run_id)
 
     def start(self, run_id: str, config: dict, labels: dict) -> None:
-        """Record a run as running; a running, failed or interrupted run is restarted (attempts + 1).
+        """Record a run as running, unowned; a running, failed or interrupted run is restarted (attempts + 1).
 
         Starting a "done" run raises ValueError: a finished result is never overwritten.
         """
+        values = self._start_values(run_id, config, labels, owner=None, lease_until=None)
+        with self._transaction() as con:
+            if self._status(con, run_id) == "done":
+                raise ValueError(f"run {run_id} is already done; refusing to overwrite a finished result")
+            self._write_start(con, values)
+
+    def claim(self, run_id: str, config: dict, labels: dict, owner: str, lease_s: float,
+              since: str | None = None) -> str:
+        """Atomically start a run for ``owner`` unless another process has it; returns one of CLAIM_OUTCOMES.
+
+        "done": finished (by anyone). "held": running under another owner whose lease has not expired.
+        "ended": failed or interrupted by another owner at or after ``since`` (an ISO time, e.g. when this grid
+        pass began), so an attempt in this pass already happened elsewhere; the next pass retries it.
+        "claimed": now running for ``owner`` with a lease of ``lease_s`` seconds: newly, restarted (attempts + 1),
+        taken over from an owner whose lease expired or who died, or already ours (its lease renewed).
+        """
+        values = self._start_values(run_id, config, labels, owner, time.time() + lease_s)
+        with self._transaction() as con:
+            row = con.execute("SELECT status, owner, lease_until, finished_at FROM runs WHERE run_id = ?",
+                              (run_id,)).fetchone()
+            if row is not None and row["status"] == "done":
+                return "done"
+            if row is not None and row["status"] == "running" and row["owner"] == owner:
+                con.execute("UPDATE runs SET lease_until = ? WHERE run_id = ?", (values["lease_until"], run_id))
+                return "claimed"
+            if (row is not None and row["status"] == "running" and (row["lease_until"] or 0) > time.time()
+                    and owner_alive(row["owner"])):
+                return "held"
+            if (row is not None and row["status"] != "running" and row["owner"] != owner and since is not None
+                    and row["finished_at"] >= since):
+                return "ended"
+            self._write_start(con, values)
+            return "claimed"
+
+    def renew(self, run_ids: list[str], owner: str, lease_s: float) -> None:
+        """Extend ``owner``'s leases on those of ``run_ids`` still running under ``owner``."""
+        until = time.time() + lease_s
+        with self._transaction() as con:
+            con.executemany("UPDATE runs SET lease_until = ? WHERE run_id = ? AND owner = ? AND status = 'running'",
+                            [(until, run_id, owner) for run_id in run_ids])
+
+    def _start_values(self, run_id: str, config: dict, labels: dict, owner: str | None,
+                      lease_until: float | None) -> dict:
         if set(labels) != set(LABELS):
             raise ValueError(f"labels must have exactly the keys {allowed(LABELS)}, got {allowed(labels)}")
         versions, commit, host = _environment()
-        values = {
+        return {
             "run_id": run_id,
             "status": "running",
             "started_at": _now(),
@@ -209,37 +310,41 @@ class ResultStore:
             "versions": versions,
             "git_commit": commit,
             "hostname": host,
+            "owner": owner,
+            "lease_until": lease_until,
             **{key: str(labels[key]) for key in ("dataset", "init", "strategy")},
             "fraction": float(labels["fraction"]),
             "seed": int(labels["seed"]),
         }
-        with self._transaction() as con:
-            current = self._status(con, run_id)
-            if current == "done":
-                raise ValueError(f"run {run_id} is already done; refusing to overwrite a finished result")
-            if current is None:
-                columns = ", ".join(values)
-                con.execute(
-                    f"INSERT INTO runs ({columns}, attempts) VALUES ({', '.join(':' + c for c in values)}, 1)",
-                    values,
-                )
-            else:
-                assignments = ", ".join(f"{c} = :{c}" for c in values if c != "run_id")
-                cleared = ", ".join(f"{c} = NULL" for c in _RESULT_COLUMNS)
-                con.execute(
-                    f"UPDATE runs SET {assignments}, {cleared}, attempts = attempts + 1 WHERE run_id = :run_id",
-                    values,
-                )
 
-    def _end(self, run_id: str, allowed_from: tuple[str, ...], **values: Any) -> None:
-        """Move a run to a final state, refusing transitions that would overwrite a result."""
+    def _write_start(self, con: sqlite3.Connection, values: dict) -> None:
+        """Insert a new running row, or restart an existing one with its results cleared and attempts + 1."""
+        if self._status(con, values["run_id"]) is None:
+            columns = ", ".join(values)
+            con.execute(
+                f"INSERT INTO runs ({columns}, attempts) VALUES ({', '.join(':' + c for c in values)}, 1)",
+                values,
+            )
+        else:
+            assignments = ", ".join(f"{c} = :{c}" for c in values if c != "run_id")
+            cleared = ", ".join(f"{c} = NULL" for c in _RESULT_COLUMNS)
+            con.execute(
+                f"UPDATE runs SET {assignments}, {cleared}, attempts = attempts + 1 WHERE run_id = :run_id",
+                values,
+            )
+
+    def _end(self, run_id: str, allowed_from: tuple[str, ...], owner: str | None, **values: Any) -> None:
+        """Move a run to a final state, refusing transitions that would overwrite a result or another's claim."""
         with self._transaction() as con:
-            current = self._status(con, run_id)
+            row = con.execute("SELECT status, owner FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+            current = None if row is None else row["status"]
             if current not in allowed_from:
                 raise ValueError(f"run {run_id} is {current or 'not started'}; expected {' or '.join(allowed_from)}")
+            if owner is not None and row["owner"] != owner:
+                raise ClaimLost(f"run {run_id} was taken over by {row['owner']} after {owner}'s lease expired")
             assignments = ", ".join(f"{c} = :{c}" for c in values)
             con.execute(
-                f"UPDATE runs SET {assignments}, finished_at = :now WHERE run_id = :run_id",
+                f"UPDATE runs SET {assignments}, finished_at = :now, lease_until = NULL WHERE run_id = :run_id",
                 {**values, "now": _now(), "run_id": run_id},
             )
 
@@ -251,11 +356,14 @@ class ResultStore:
         val_metrics: dict[str, float],
         timings: dict[str, float],
         extra: dict | None = None,
+        owner: str | None = None,
     ) -> None:
-        """Store a running run's results and mark it done, all in one transaction."""
+        """Store a running run's results and mark it done, all in one transaction; with ``owner``, only if the
+        run is still that owner's (else ClaimLost: another process took it over and will store its own result)."""
         self._end(
             run_id,
             ("running",),
+            owner,
             status="done",
             metrics=_dumps(metrics),
             per_class=_dumps(per_class),
@@ -264,27 +372,17 @@ class ResultStore:
             extra=_dumps(extra or {}),
         )
 
-    def fail(self, run_id: str, error: str, status: str = "failed") -> None:
-        """Mark a run failed or interrupted with its error text; a done run is never touched."""
+    def fail(self, run_id: str, error: str, status: str = "failed", owner: str | None = None) -> None:
+        """Mark a run failed or interrupted with its error text; a done run is never touched, nor (with
+        ``owner``) a run another process has taken over."""
         if status not in ("failed", "interrupted"):
             raise ValueError(f"status must be 'failed' or 'interrupted', got {status!r}")
-        self._end(run_id, ("running", "failed", "interrupted"), status=status, error=str(error))
+        self._end(run_id, ("running", "failed", "interrupted"), owner, status=status, error=str(error))
 
     def save_predictions(self, run_id: str, **arrays: np.ndarray) -> Path:
-        """Write run_dir/test_predictions.npz via a temp file and os.replace, so readers never see half a file."""
         target = self.run_dir(run_id) / "test_predictions.npz"
         with store_errors(target, "write the test predictions"):
-            fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".test_predictions.", suffix=".tmp")
-            try:
-                with os.fdopen(fd, "wb") as f:
-                    np.savez_compressed(f, **arrays)
-                    f.flush()
-                    os.fsync(f.fileno())
-                os.replace(tmp, target)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
-        return target
+            return write_predictions(target.parent, **arrays)
 
     def rows(self, status: str | None = "done") -> pd.DataFrame:
         """One row per run (all runs if ``status`` is None), JSON decoded, metrics also as "metric.<name>"."""

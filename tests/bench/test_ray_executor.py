@@ -1,0 +1,227 @@
+"""The grid on Ray, trained for real on CPU (tiny data, one epoch): same results as sequential, a joined cluster
+shared by two drivers, a killed worker retried, Ctrl-C cleaned up. Ray runs on loopback only."""
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+import medtransfer
+from medtransfer.bench.runner import run_experiment
+from medtransfer.bench.store import ResultStore
+from medtransfer.config import ExperimentConfig, validate_config
+from medtransfer.models.checkpoint import sha256_file
+
+pytest.importorskip("ray")
+
+SRC = str(Path(medtransfer.__file__).parents[1])
+RAY_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+DATA = {"name": "synthetic2d", "n_train": 90, "n_val": 45, "n_test": 60, "size": 16}
+GRID = {  # 6 runs, one torch thread each wherever they run
+    "name": "tiny", "datasets": [DATA], "backbone": {"name": "resnet_tiny"}, "strategies": ["end_to_end", "linear"],
+    "label_fractions": [0.25, 0.5, 1.0], "seeds": [0], "train": {"epochs": 1, "batch_size": 32},
+    "hardware": {"cpus_per_run": 1}}
+
+
+@pytest.fixture(autouse=True)
+def ray_env(monkeypatch):
+    for key, value in RAY_ENV.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("PYTHONPATH", SRC)  # Ray workers import this checkout
+
+
+def write_grid(folder: Path, **changes) -> Path:
+    path = folder / "exp.yaml"
+    path.write_text(yaml.safe_dump({**GRID, **changes}))
+    return path
+
+
+def cli(*args, cwd: Path, **popen) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "medtransfer.cli", "run", *map(str, args), "--no-progress"],
+                            cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
+
+
+def finish(process: subprocess.Popen, timeout: float = 600) -> str:
+    out, err = process.communicate(timeout=timeout)
+    assert process.returncode == 0, err[-3000:]
+    return out
+
+
+def results(folder: Path):
+    return ResultStore(folder).rows(status=None).set_index("run_id").sort_index()
+
+
+def descendants(pid: int) -> set[int]:
+    """Every live process below ``pid`` (from /proc, so no extra dependency)."""
+    parents = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+    found, frontier = set(), {pid}
+    while frontier:
+        frontier = {child for child, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return Path(f"/proc/{pid}/stat").exists() and " Z " not in Path(f"/proc/{pid}/stat").read_text()
+
+
+def test_ddp_in_a_ray_task_is_refused():
+    from medtransfer.errors import ConfigError
+    with pytest.raises(ConfigError, match="hardware: .*ddp runs one process per device"):
+        validate_config({**GRID, "hardware": {"executor": "ray", "ddp": True}}, ExperimentConfig)
+
+
+@pytest.mark.slow
+def test_two_local_workers_store_exactly_the_sequential_results(tmp_path):
+    sequential = run_experiment(validate_config(GRID, ExperimentConfig), tmp_path / "seq", progress=False)
+    assert (sequential.done, sequential.failed) == (6, [])
+    out = finish(cli(write_grid(tmp_path), "--output", "par", "--workers", "2", cwd=tmp_path))
+    assert "6 run(s) done, 0 already finished, 0 failed of 6" in out
+    seq, par = results(tmp_path / "seq"), results(tmp_path / "par")
+    assert list(par.index) == list(seq.index) and len(par) == 6  # same run ids, no duplicate rows
+    assert set(par["status"]) == {"done"} and set(par["attempts"]) == {1}
+    for column in ("metrics", "per_class", "val_metrics"):
+        assert list(par[column]) == list(seq[column]), column
+    assert [e["n_train"] for e in par["extra"]] == [e["n_train"] for e in seq["extra"]]
+    workers = set()
+    for run_id in par.index:
+        run_dir = tmp_path / "par" / "runs" / run_id[:16]
+        workers.add(json.loads((run_dir / "worker.json").read_text())["pid"])
+        sequential_dir = tmp_path / "seq" / "runs" / run_id[:16]
+        for name in ("scores", "y_true"):
+            np.testing.assert_array_equal(np.load(run_dir / "test_predictions.npz")[name],
+                                          np.load(sequential_dir / "test_predictions.npz")[name])
+    assert len(workers) == 2 and os.getpid() not in workers  # trained in two Ray worker processes
+
+
+@pytest.mark.slow
+def test_pretraining_is_a_task_and_other_inits_do_not_wait_for_it(tmp_path):
+    pretraining = {"method": "simclr", "data": DATA, "backbone": {"name": "resnet_tiny"}, "epochs": 8,
+                   "batch_size": 32}
+    cfg = validate_config({**GRID, "inits": ["random", {"label": "simclr", "pretrain": pretraining}],
+                           "strategies": ["linear"], "label_fractions": [1.0],
+                           "hardware": {"executor": "ray", "workers": 2}}, ExperimentConfig)
+    summary = run_experiment(cfg, tmp_path, progress=False)
+    assert (summary.done, summary.failed) == (2, [])
+    (checkpoint,) = (tmp_path / "pretrain").glob("*/backbone.safetensors")
+    rows = ResultStore(tmp_path).rows().set_index("init")
+    assert rows.loc["simclr", "config"]["init"]["sha256"] == sha256_file(checkpoint)
+    assert rows.loc["simclr", "extra"]["init_file"] == str(checkpoint.resolve())
+    submitted = datetime.fromisoformat(rows.loc["random", "started_at"]).timestamp()  # claimed just before submission
+    assert submitted < checkpoint.stat().st_mtime - 1  # the random init's run did not wait for the pre-training
+
+
+@pytest.mark.slow
+def test_two_drivers_share_a_grid_on_a_separately_started_head(tmp_path):
+    ray = str(Path(sys.executable).parent / "ray")
+    port = 6390 + os.getpid() % 500
+    subprocess.run([ray, "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port), "--num-cpus", "2",
+                    "--include-dashboard", "false", "--disable-usage-stats"], check=True, capture_output=True,
+                   timeout=300)
+    try:
+        grid = write_grid(tmp_path)
+        drivers = [cli(grid, "--output", "out", "--address", f"127.0.0.1:{port}", cwd=tmp_path) for _ in range(2)]
+        outputs = [finish(driver) for driver in drivers]
+    finally:
+        subprocess.run([ray, "stop", "--force"], capture_output=True, timeout=120)
+    rows = results(tmp_path / "out")
+    assert len(rows) == 6 and set(rows["status"]) == {"done"} and set(rows["attempts"]) == {1}
+    done = [int(out.split(" run(s) done")[0].split()[-1]) for out in outputs]
+    assert sum(done) == 6  # every run trained by exactly one of the two drivers
+
+
+@pytest.mark.slow
+def test_worker_killed_mid_run_is_retried_and_the_grid_completes(tmp_path):
+    cfg = validate_config({**GRID, "strategies": ["end_to_end"], "label_fractions": [1.0], "seeds": [0, 1],
+                           "train": {"epochs": 4, "batch_size": 8}, "hardware": {"executor": "ray", "workers": 1}},
+                          ExperimentConfig)
+    killed = {}
+
+    def kill_first_worker():
+        while not killed:
+            for marker in (tmp_path / "runs").glob("*/worker.json"):
+                killed[marker.parent.name] = pid = json.loads(marker.read_text())["pid"]
+                os.kill(pid, signal.SIGKILL)
+                break
+            time.sleep(0.05)
+
+    killer = threading.Thread(target=kill_first_worker, daemon=True)
+    killer.start()
+    summary = run_experiment(cfg, tmp_path, progress=False)
+    assert (summary.done, summary.failed) == (2, [])
+    (run_dir, pid), = killed.items()
+    assert json.loads((tmp_path / "runs" / run_dir / "worker.json").read_text())["pid"] != pid  # ran again elsewhere
+    rows = results(tmp_path)
+    assert set(rows["status"]) == {"done"} and set(rows["attempts"]) == {1}  # a retry, not a second claim
+
+
+@pytest.mark.slow
+def test_ctrl_c_interrupts_the_runs_in_flight_and_shuts_ray_down(tmp_path):
+    grid = write_grid(tmp_path, train={"epochs": 200, "batch_size": 8})
+    driver = cli(grid, "--output", "out", "--workers", "2", cwd=tmp_path)
+    database = tmp_path / "out" / "results.sqlite"
+    deadline = time.monotonic() + 300
+    while len(list((tmp_path / "out" / "runs").glob("*/worker.json"))) < 2:  # both workers are training
+        assert driver.poll() is None and time.monotonic() < deadline, driver.stderr.read()[-3000:]
+        time.sleep(0.2)
+    ray_processes = descendants(driver.pid)
+    assert ray_processes
+    driver.send_signal(signal.SIGINT)
+    _, err = driver.communicate(timeout=120)
+    assert driver.returncode == 130, err[-3000:]
+    with sqlite3.connect(database) as con:
+        statuses = dict(con.execute("SELECT status, COUNT(*) FROM runs GROUP BY status").fetchall())
+    assert statuses == {"interrupted": 2}
+    time.sleep(2)
+    assert not [pid for pid in ray_processes if alive(pid)]  # the local Ray instance is gone with its workers
+
+
+SHIMS = {  # one-node SLURM on this machine: srun runs its command here, the allocation is this host on loopback
+    "srun": '#!/bin/bash\nwhile [[ $1 == -* ]]; do [[ $1 == -w ]] && shift; shift; done\nexec "$@"\n',
+    "scontrol": "#!/bin/bash\necho localhost\n",
+    "hostname": "#!/bin/bash\necho 127.0.0.1\n",
+}
+
+
+@pytest.mark.slow
+def test_slurm_recipe_runs_a_grid_on_a_one_node_allocation(tmp_path):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, script in SHIMS.items():
+        (bin_dir / name).write_text(script)
+        (bin_dir / name).chmod(0o755)
+    sbatch = Path(__file__).parents[2] / "examples" / "slurm_ray.sbatch"
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "SLURM_JOB_NODELIST": "localhost",
+           "SLURM_CPUS_PER_TASK": "2", "SLURM_GPUS_PER_TASK": "0", "MEDTRANSFER": str(Path(sys.executable).parent),
+           "RAY_PORT": str(6900 + os.getpid() % 500)}
+    # files, not pipes: the Ray daemons the script leaves running (SLURM would end them with the job) keep them open
+    with open(tmp_path / "stdout", "w") as out, open(tmp_path / "stderr", "w") as err:
+        try:
+            done = subprocess.run(["bash", str(sbatch), str(write_grid(tmp_path, output="out"))], cwd=tmp_path,
+                                  env=env, stdout=out, stderr=err, timeout=900)
+        finally:
+            subprocess.run([str(Path(sys.executable).parent / "ray"), "stop", "--force"], capture_output=True,
+                           timeout=120)
+    assert done.returncode == 0, (tmp_path / "stderr").read_text()[-3000:]
+    assert "6 run(s) done, 0 already finished, 0 failed of 6" in (tmp_path / "stdout").read_text()
+    assert set(results(tmp_path / "out")["status"]) == {"done"}
