@@ -81,11 +81,11 @@ def no_pretrain(monkeypatch):
     """Replaces the pre-training the runner calls; records calls instead of training."""
     calls = []
 
-    def pretrain(*args, **kwargs):
+    def run(plan, *args, **kwargs):
         calls.append(args)
         raise AssertionError("pre-training must not run here")
 
-    monkeypatch.setattr(runner, "pretrain", pretrain)
+    monkeypatch.setattr(runner.PretrainPlan, "run", run)
     return calls
 
 
@@ -446,3 +446,23 @@ def test_same_run_twice_gives_identical_results(tmp_path):
     run_dir = Path("runs") / a["run_id"][:16] / "test_predictions.npz"
     with np.load(tmp_path / "a" / run_dir) as pa, np.load(tmp_path / "b" / run_dir) as pb:
         np.testing.assert_array_equal(pa["scores"], pb["scores"])
+
+
+def test_a_pretraining_init_is_checked_once_and_run_from_the_same_plan(tmp_path, fake, monkeypatch):
+    """``prepare`` checks the pre-training (options, init, data, method support) and ``run_pretrainings`` runs that
+    very plan: its dataset is not loaded or checked a second time."""
+    checks, runs = [], []
+    check, run = runner.PretrainPlan.check, runner.PretrainPlan.run
+    monkeypatch.setattr(runner.PretrainPlan, "check", lambda plan: checks.append(plan) or check(plan))
+    monkeypatch.setattr(runner.PretrainPlan, "run", lambda plan, *a, **k: runs.append(plan) or run(plan, *a, **k))
+    cfg = experiment(inits=["random", {"label": "ssl", "pretrain": TINY_PRETRAIN}], strategies=["linear"],
+                     label_fractions=[1.0])
+    assert run_experiment(cfg, tmp_path / "exp", progress=False).done == 2
+    assert len(checks) == 1 and runs == checks
+
+
+def test_a_method_that_cannot_pretrain_the_backbone_names_the_init(tmp_path, fake):
+    init = {"label": "ssl", "pretrain": {**TINY_PRETRAIN, "method": "mae"}}  # MAE needs a ViT
+    with pytest.raises(ConfigError, match=r"inits \(ssl\): method: 'mae' needs a vit backbone.*allowed methods"):
+        run_experiment(experiment(inits=["random", init]), tmp_path / "exp", progress=False)
+    assert fake.calls == []

@@ -105,7 +105,7 @@ class RayGrid:
         """Queue the unfinished runs of one init (all inits without a pre-training when None); count the rest."""
         for spec in self.specs:
             wanted = (spec.init.name == init_name if init_name
-                      else spec.init.name not in self.prepared.pretrain_configs)
+                      else spec.init.name not in self.prepared.pretrain_plans)
             if not wanted:
                 continue
             run_id = spec.run_id(self.cfg, *run_identity(self.prepared, spec))
@@ -193,7 +193,8 @@ class RayGrid:
         self.bar = tqdm(total=len(self.specs), desc=self.cfg.name, unit="run", disable=not progress)
         with LeaseKeeper(self.store, self.owner, self.lease_s) as leases:
             try:
-                for name, pcfg in self.prepared.pretrain_configs.items():
+                for name, plan in self.prepared.pretrain_plans.items():
+                    pcfg = plan.cfg
                     output = pcfg.output or default_output(pcfg, folder / "pretrain")
                     ref = self.pretrain.remote(pcfg, str(output.resolve()), self.cfg.hardware.cpus_per_run,
                                                self.verbose)

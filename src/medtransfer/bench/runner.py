@@ -40,8 +40,7 @@ from medtransfer.interrupts import Interrupted
 from medtransfer.models.checkpoint import file_normalisation, load_backbone_weights, sha256_file
 from medtransfer.models.factory import create_backbone
 from medtransfer.models.zoo import init_normalisation, load_init, resolve_weights
-from medtransfer.pretrain import METHODS
-from medtransfer.pretrain.run import check_data, check_options, default_output, pretrain, resolve_init
+from medtransfer.pretrain.run import PretrainPlan, default_output
 
 WAIT_POLL_S = 2.0  # how often runs held by other processes are checked at the end of a pass
 log = logging.getLogger(__name__)
@@ -55,7 +54,7 @@ class Prepared:
     init_files: dict[str, Path | None] = field(default_factory=dict)
     init_sha256: dict[str, str | None] = field(default_factory=dict)
     init_normalisation: dict[str, Normalisation] = field(default_factory=dict)  # per channel of the init's weights
-    pretrain_configs: dict[str, PretrainConfig] = field(default_factory=dict)
+    pretrain_plans: dict[str, PretrainPlan] = field(default_factory=dict)  # checked, run by run_pretrainings
 
 
 @dataclass
@@ -131,23 +130,17 @@ def prepare(cfg: ExperimentConfig) -> Prepared:
                 init.zoo, init.timm, path if init.checkpoint else None, init.normalisation)
         elif init.pretrain is not None:
             pcfg = _pretrain_config(init)
-            check_options(pcfg)
-            resolve_init(pcfg)  # a missing init file or uncached zoo model fails here, not after other pre-trainings
             if (pcfg.backbone.name, pcfg.backbone.small_stem) != (cfg.backbone.name, cfg.backbone.small_stem):
                 raise ConfigError(f"inits ({init.name}): pre-training uses backbone {pcfg.backbone.name} "
                                   f"(small_stem={pcfg.backbone.small_stem}) but the experiment fine-tunes "
                                   f"{cfg.backbone.name} (small_stem={cfg.backbone.small_stem}); make them equal")
-            pdata = load_dataset(pcfg.data.name, **pcfg.data.options)
-            check_data(pcfg, pdata)
-            pretrained = create_backbone(pcfg.backbone.name, pdata.in_chans, _input_size(pcfg.data.resize, pdata),
-                                         pcfg.backbone.small_stem, spatial_dims=pdata.spatial_dims)
-            problem = METHODS[pcfg.method].unsupported(pretrained)
-            if problem:
-                raise ConfigError(f"inits ({init.name}): method {pcfg.method!r} {problem}")
+            # the same checks ``pretrain`` makes, on the same plan (and dataset) that runs it later
+            plan = PretrainPlan(pcfg, where=f"inits ({init.name}): ").check()
+            pretrained = plan.backbone()
             for label in prepared.data:  # e.g. grey pre-training data for RGB images: refused before pre-training
                 load_backbone_weights(_build(cfg, prepared, label), pretrained.model.state_dict(),
                                       f"inits ({init.name}): pre-training on {pcfg.data.name}")
-            prepared.pretrain_configs[init.name] = pcfg
+            prepared.pretrain_plans[init.name] = plan
         else:
             prepared.init_files[init.name] = prepared.init_sha256[init.name] = None
             prepared.init_normalisation[init.name] = DEFAULT
@@ -168,11 +161,11 @@ def run_identity(prepared: Prepared, spec: RunSpec) -> tuple[str | None, bool, N
 
 def run_pretrainings(cfg: ExperimentConfig, prepared: Prepared, folder: Path, verbose: bool) -> None:
     """Run (or reuse) each pre-training init inside the experiment folder; its checkpoint hash keys the runs."""
-    for name, pcfg in prepared.pretrain_configs.items():
-        output = pcfg.output or default_output(pcfg, folder / "pretrain")
+    for name, plan in prepared.pretrain_plans.items():
+        output = plan.cfg.output or default_output(plan.cfg, folder / "pretrain")
         # DDP ranks > 0 join rank 0's pre-training, so only rank 0 may wait for another process's
         with pretraining_lock(output) if rank_zero_only.rank == 0 else nullcontext():
-            checkpoint = pretrain(pcfg, output, verbose=verbose)
+            checkpoint = plan.run(output, verbose=verbose)
         _check_fits(cfg, checkpoint, str(checkpoint), prepared)
         prepared.init_files[name] = checkpoint
         prepared.init_sha256[name] = sha256_file(checkpoint)

@@ -36,7 +36,6 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from medtransfer.cache import cache_root
-from medtransfer.config import HardwareConfig
 from medtransfer.data.base import SPLITS, ImageDataset
 from medtransfer.data.transforms import Preprocess
 from medtransfer.models.backbones import Backbone

@@ -149,6 +149,126 @@ def _merge_log(output: Path, earlier):
     pd.concat([kept, resumed], ignore_index=True).to_csv(output / "metrics.csv", index=False)
 
 
+class PretrainPlan:
+    """One pre-training: checked once (``check``), then run (``run``) from what the check built.
+
+    ``run experiment`` checks every pre-training init before any training and runs them later; ``pretrain`` does
+    both at once. Either way the options, the init, the dataset (one object per process) and the method's support
+    for the backbone are checked in one place and the dataset is loaded once. ``where`` prefixes error messages
+    with the experiment key that holds the pre-training (e.g. ``inits (simclr): ``).
+    """
+
+    def __init__(self, cfg: PretrainConfig, where: str = ""):
+        self.cfg, self.where = cfg, where
+        self.key = config_hash(resolved_pretrain_config(cfg))
+        self.data = None
+
+    def check(self) -> "PretrainPlan":
+        """Everything that can fail before a step is taken; nothing is trained or written."""
+        cfg = self.cfg
+        self.options = check_options(cfg)
+        self.init = resolve_init(cfg)  # a missing init file or an uncached zoo model fails here
+        self.init_normalisation = pretrain_init_normalisation(cfg)
+        self.data = load_dataset(cfg.data.name, **cfg.data.options)
+        self.input_size = (cfg.data.resize,) * self.data.spatial_dims if cfg.data.resize else self.data.image_size
+        check_data(cfg, self.data)
+        problem = METHODS[cfg.method].unsupported(self.backbone())
+        if problem:
+            raise ConfigError(f"{self.where}method: {cfg.method!r} {problem}; allowed methods for this backbone: "
+                              f"{allowed(n for n, m in METHODS.items() if m.unsupported(self.backbone()) is None)}")
+        return self
+
+    def backbone(self):
+        """A fresh backbone of the pre-training's architecture for its data (random weights)."""
+        return create_backbone(self.cfg.backbone.name, self.data.in_chans, self.input_size,
+                               self.cfg.backbone.small_stem, spatial_dims=self.data.spatial_dims)
+
+    def finished(self, output: Path) -> Path | None:
+        """The checkpoint of this very config in ``output``, if it was written (then nothing needs training)."""
+        checkpoint = Path(output) / CHECKPOINT_NAME
+        return checkpoint if checkpoint.exists() and read_metadata(checkpoint).get("config_hash") == self.key else None
+
+    def run(self, output: Path, verbose: bool = False, resume: bool | str = "auto") -> Path:
+        """Pre-train into ``output`` (or reuse its finished checkpoint); returns the checkpoint's path."""
+        cfg, output = self.cfg, Path(output)
+        checkpoint = output / CHECKPOINT_NAME
+        if self.finished(output):
+            if resume is True:
+                raise ConfigError(f"--resume: the pre-training in {output} already finished ({checkpoint})")
+            return checkpoint
+        resume_from = _resume_point(output, self.key, resume)
+        if self.data is None:
+            self.check()
+        L.seed_everything(cfg.seed, workers=True, verbose=False)
+        backbone = self.backbone()
+        chain, lineage = self._start_from_init(backbone)
+        module = self._module(backbone)
+        trainer = self._fit(module, output, resume_from, verbose)
+        if trainer.is_global_zero:
+            save_backbone(backbone, checkpoint, method=cfg.method, family=module.method.family,
+                          dataset=cfg.data.name, epochs=cfg.epochs, config=resolved_pretrain_config(cfg),
+                          config_hash=self.key, init_chain=chain, lineage=lineage + [cfg.data.name, cfg.method],
+                          normalisation=self.init_normalisation.for_channels(self.data.in_chans).to_dict(),
+                          final_loss=float(trainer.callback_metrics.get("pretrain/loss", float("nan"))))
+            shutil.rmtree(output / "lightning", ignore_errors=True)  # finished: the resume state is no longer needed
+        trainer.strategy.barrier("pretrain checkpoint written")  # under DDP, other ranks read it next
+        return checkpoint
+
+    def _start_from_init(self, backbone) -> tuple[list, list]:
+        """Load the continual pre-training's init into ``backbone``; returns its (init chain, lineage)."""
+        if self.init is None:
+            return [], []
+        path, label = self.init
+        report = load_init(backbone, path, normalisation=self.init_normalisation)
+        parent = read_metadata(path)
+        chain = parent.get("init_chain", []) + [{"checkpoint": str(path), "source": label,
+                                                 "method": parent.get("method"), "dataset": parent.get("dataset"),
+                                                 "adapted": report["adapted"]}]
+        return chain, parent.get("lineage") or [label]  # e.g. ["imagenet_supervised (zoo)"]
+
+    def _module(self, backbone) -> PretrainModule:
+        """The method on ``backbone``, fed the init's normalisation, inside the one Lightning module that drives it."""
+        cfg, data = self.cfg, self.data
+        method_cls = METHODS[cfg.method]
+        probe = OnlineProbe(backbone.num_features, data.task, data.num_classes) if cfg.online_probe else None
+        labels_info = {"task": data.task, "num_classes": data.num_classes} if method_cls.needs_labels else {}
+        method = method_cls(backbone, self.options, views=cfg.views, input_size=self.input_size,
+                            n_images=len(data.train), **labels_info)
+        normalisation = self.init_normalisation.for_channels(data.in_chans)
+        for part in method.modules():  # multi_ssl's sub-methods normalise for themselves
+            if isinstance(part, BaseMethod):
+                part.normalisation = normalisation
+        return PretrainModule(method, lr=cfg.lr, weight_decay=cfg.weight_decay, epochs=cfg.epochs,
+                              warmup_epochs=cfg.warmup_epochs, probe=probe)
+
+    def _fit(self, module: PretrainModule, output: Path, resume_from: Path | None, verbose: bool) -> L.Trainer:
+        cfg, data = self.cfg, self.data
+        # Labels travel only to the online probe (detached features) and to methods that train on them (supervised).
+        with_labels = module.probe is not None or module.method.needs_labels
+        train_tensors = (torch.from_numpy(data.train.images),) + (
+            (torch.from_numpy(data.train.labels),) if with_labels else ())
+        batch_size = min(cfg.batch_size, len(data.train))
+        loader = DataLoader(TensorDataset(*train_tensors), batch_size=batch_size, shuffle=True, drop_last=True,
+                            generator=torch.Generator().manual_seed(cfg.seed))
+        val_loader = DataLoader(TensorDataset(torch.from_numpy(data.val.images), torch.from_numpy(data.val.labels)),
+                                batch_size=max(256, batch_size)) if module.probe else None
+        (output / "lightning").mkdir(parents=True, exist_ok=True)
+        (output / "lightning" / "config_hash").write_text(self.key)
+        if not verbose:
+            logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+        last_epoch = ModelCheckpoint(dirpath=output / "lightning", filename="last", save_top_k=1,  # for resume
+                                     enable_version_counter=False)
+        trainer = L.Trainer(max_epochs=cfg.epochs, default_root_dir=output,
+                            logger=CSVLogger(output, name="", version=""), callbacks=[last_epoch],
+                            enable_progress_bar=verbose, enable_model_summary=False, num_sanity_val_steps=0,
+                            log_every_n_steps=1, **trainer_kwargs(cfg.hardware, data.spatial_dims))
+        earlier_log = _read_log(output) if resume_from else None
+        trainer.fit(module, loader, val_loader, ckpt_path=resume_from, weights_only=True)  # tensors and plain data
+        if earlier_log is not None and trainer.is_global_zero:
+            _merge_log(output, earlier_log)
+        return trainer
+
+
 def pretrain(cfg: PretrainConfig, output: Path | None = None, verbose: bool = False,
              resume: bool | str = "auto") -> Path:
     """Pre-train (or reuse a finished pre-training) and return the path of the backbone checkpoint.
@@ -156,76 +276,7 @@ def pretrain(cfg: PretrainConfig, output: Path | None = None, verbose: bool = Fa
     ``resume`` continues an interrupted run of the *same* config from its last epoch (True: required, "auto":
     when one exists, False: start over); ``cfg.init`` instead starts a *new* run from other weights.
     """
-    options = check_options(cfg)
+    check_options(cfg)  # before a folder is derived from the config
     output = Path(output or cfg.output or default_output(cfg, Path("runs") / "pretrain"))
-    checkpoint = output / CHECKPOINT_NAME
-    key = config_hash(resolved_pretrain_config(cfg))
-    if checkpoint.exists() and read_metadata(checkpoint).get("config_hash") == key:
-        if resume is True:
-            raise ConfigError(f"--resume: the pre-training in {output} already finished ({checkpoint})")
-        return checkpoint
-    resume_from = _resume_point(output, key, resume)
+    return PretrainPlan(cfg).run(output, verbose, resume)
 
-    data = load_dataset(cfg.data.name, **cfg.data.options)
-    input_size = (cfg.data.resize,) * data.spatial_dims if cfg.data.resize else data.image_size
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
-    backbone = create_backbone(cfg.backbone.name, data.in_chans, input_size, cfg.backbone.small_stem,
-                               spatial_dims=data.spatial_dims)
-    chain, lineage = [], []
-    init_norm = pretrain_init_normalisation(cfg)
-    if cfg.init is not None:
-        path, label = resolve_init(cfg)
-        report = load_init(backbone, path, normalisation=init_norm)
-        parent = read_metadata(path)
-        chain = parent.get("init_chain", []) + [{"checkpoint": str(path), "source": label,
-                                                 "method": parent.get("method"), "dataset": parent.get("dataset"),
-                                                 "adapted": report["adapted"]}]
-        lineage = parent.get("lineage") or [label]  # e.g. ["imagenet_supervised (zoo)"]
-    problem = METHODS[cfg.method].unsupported(backbone)
-    if problem:
-        raise ConfigError(f"method: {cfg.method!r} {problem}; allowed methods for this backbone: "
-                          f"{allowed(n for n, m in METHODS.items() if m.unsupported(backbone) is None)}")
-    method_cls = METHODS[cfg.method]
-    check_data(cfg, data)
-    probe = OnlineProbe(backbone.num_features, data.task, data.num_classes) if cfg.online_probe else None
-    labels_info = {"task": data.task, "num_classes": data.num_classes} if method_cls.needs_labels else {}
-    method = method_cls(backbone, options, views=cfg.views, input_size=input_size, n_images=len(data.train),
-                        **labels_info)
-    normalisation = init_norm.for_channels(data.in_chans)
-    for part in method.modules():  # multi_ssl's sub-methods normalise for themselves
-        if isinstance(part, BaseMethod):
-            part.normalisation = normalisation
-    module = PretrainModule(method, lr=cfg.lr, weight_decay=cfg.weight_decay, epochs=cfg.epochs,
-                            warmup_epochs=cfg.warmup_epochs, probe=probe)
-
-    # Labels travel only to the online probe (detached features) and to methods that train on them (supervised).
-    with_labels = probe is not None or method_cls.needs_labels
-    train_tensors = (torch.from_numpy(data.train.images),) + ((torch.from_numpy(data.train.labels),) if with_labels
-                                                              else ())
-    batch_size = min(cfg.batch_size, len(data.train))
-    loader = DataLoader(TensorDataset(*train_tensors), batch_size=batch_size, shuffle=True, drop_last=True,
-                        generator=torch.Generator().manual_seed(cfg.seed))
-    val_loader = DataLoader(TensorDataset(torch.from_numpy(data.val.images), torch.from_numpy(data.val.labels)),
-                            batch_size=max(256, batch_size)) if probe else None
-    output.mkdir(parents=True, exist_ok=True)
-    (output / "lightning").mkdir(exist_ok=True)
-    (output / "lightning" / "config_hash").write_text(key)
-    if not verbose:
-        logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
-    last_epoch = ModelCheckpoint(dirpath=output / "lightning", filename="last", save_top_k=1,  # for resume
-                                 enable_version_counter=False)
-    trainer = L.Trainer(max_epochs=cfg.epochs, default_root_dir=output, logger=CSVLogger(output, name="", version=""),
-                        callbacks=[last_epoch], enable_progress_bar=verbose, enable_model_summary=False,
-                        num_sanity_val_steps=0, log_every_n_steps=1, **trainer_kwargs(cfg.hardware, data.spatial_dims))
-    earlier_log = _read_log(output) if resume_from else None
-    trainer.fit(module, loader, val_loader, ckpt_path=resume_from, weights_only=True)  # tensors and plain data only
-    if earlier_log is not None and trainer.is_global_zero:
-        _merge_log(output, earlier_log)
-    if trainer.is_global_zero:
-        save_backbone(backbone, checkpoint, method=cfg.method, family=method.family, dataset=cfg.data.name,
-                      epochs=cfg.epochs, config=resolved_pretrain_config(cfg), config_hash=key, init_chain=chain,
-                      lineage=lineage + [cfg.data.name, cfg.method], normalisation=normalisation.to_dict(),
-                      final_loss=float(trainer.callback_metrics.get("pretrain/loss", float("nan"))))
-        shutil.rmtree(output / "lightning", ignore_errors=True)  # finished: the resume state is no longer needed
-    trainer.strategy.barrier("pretrain checkpoint written")  # under DDP, other ranks read it next
-    return checkpoint
