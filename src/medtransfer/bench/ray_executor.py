@@ -179,6 +179,17 @@ class RayGrid:
         except ClaimLost:  # stalled past the lease; the driver that took the run over stores it
             self.skipped += 1
 
+    def _wait(self, refs: list) -> list:
+        """The refs among ``refs`` that are ready within POLL_S. A signal handled while Ray's core worker waits
+        (medtransfer's Ctrl-C/SIGTERM handler raises ``Interrupted``) comes back wrapped in a SystemError by Ray's
+        Cython layer: unwrap it, so the interrupt path runs instead of a crash."""
+        try:
+            return self.ray.wait(refs, num_returns=1, timeout=POLL_S)[0]
+        except SystemError as err:
+            if isinstance(err.__cause__, (Interrupted, KeyboardInterrupt)):
+                raise err.__cause__ from None
+            raise
+
     def _cancel(self, reason: str) -> None:
         """Stop every task of this driver and mark its runs in flight interrupted, so the next pass redoes them."""
         for ref in [*self.running, *self.pretraining]:
@@ -208,7 +219,7 @@ class RayGrid:
                     if not waiting:
                         time.sleep(POLL_S)
                         continue
-                    ready, _ = self.ray.wait(waiting, num_returns=1, timeout=POLL_S)
+                    ready = self._wait(waiting)
                     for ref in ready:
                         if ref in self.pretraining:
                             self._pretrained(ref)
