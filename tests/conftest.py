@@ -1,6 +1,13 @@
-"""Session-wide test set-up: no test may write into the user's real cache (~/.cache/medtransfer)."""
+"""Session-wide test set-up: no test may write into the user's real cache (~/.cache/medtransfer), and Ray stays on
+loopback (its node address is read when Ray is imported, so it is set before any test module imports it)."""
+
+import os
 
 import pytest
+
+for _key, _value in {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disabled",
+                     "RAY_USAGE_STATS_ENABLED": "0"}.items():
+    os.environ.setdefault(_key, _value)
 
 
 @pytest.fixture(autouse=True)

@@ -91,6 +91,18 @@ def test_ddp_in_a_ray_task_is_refused():
         validate_config({**GRID, "hardware": {"executor": "ray", "ddp": True}}, ExperimentConfig)
 
 
+def test_a_local_instance_lives_on_loopback(monkeypatch):
+    """The instance medtransfer starts for --workers serves this driver alone: its node address is 127.0.0.1, so it
+    neither listens for nor sends traffic to the machine's network address."""
+    from medtransfer.bench.ray_executor import ray_session
+    from medtransfer.config import HardwareConfig
+    for key, value in RAY_ENV.items():
+        monkeypatch.setenv(key, value)
+    with ray_session(HardwareConfig(executor="ray", workers=1, cpus_per_run=1), verbose=False) as ray:
+        assert ray.util.get_node_ip_address() == "127.0.0.1"
+        assert {node["NodeManagerAddress"] for node in ray.nodes()} == {"127.0.0.1"}
+
+
 @pytest.mark.slow
 def test_two_local_workers_store_exactly_the_sequential_results(tmp_path):
     sequential = run_experiment(validate_config(GRID, ExperimentConfig), tmp_path / "seq", progress=False)

@@ -33,7 +33,11 @@ from medtransfer.pretrain.run import default_output
 POLL_S = 2.0  # how often runs held by other drivers are checked again while nothing finishes
 
 
-def _import_ray():
+def _import_ray(local: bool):
+    """Ray, imported. For a local instance, Ray is told before its import (it reads the setting then) to give the
+    node the loopback address instead of the machine's network address: the instance serves this driver alone."""
+    if local:
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     try:
         import ray
     except ImportError:
@@ -46,7 +50,7 @@ def _import_ray():
 def ray_session(hw: HardwareConfig, verbose: bool) -> Iterator:
     """Ray, connected: to ``hw.address`` if given, else to a local instance sized ``workers x cpus_per_run``
     cores that is shut down on leaving (a joined cluster stays up; only this driver disconnects)."""
-    ray = _import_ray()
+    ray = _import_ray(local=not hw.address)
     quiet = {"logging_level": "INFO" if verbose else "WARNING", "log_to_driver": verbose}
     if hw.address:
         try:
@@ -55,7 +59,8 @@ def ray_session(hw: HardwareConfig, verbose: bool) -> Iterator:
             raise MedtransferError(f"hardware.address {hw.address!r}: no Ray cluster to join ({err}); start one with "
                                    "'ray start --head' or run with --workers N for a local instance") from None
     else:
-        ray.init(num_cpus=hw.workers * hw.cpus_per_run if hw.workers else None, include_dashboard=False, **quiet)
+        ray.init(num_cpus=hw.workers * hw.cpus_per_run if hw.workers else None, include_dashboard=False,
+                 _node_ip_address="127.0.0.1", **quiet)
     try:
         yield ray
     finally:
