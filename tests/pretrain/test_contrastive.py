@@ -32,13 +32,7 @@ SMALL = {"moco_v2": {"hidden_dim": 64, "output_dim": 32, "queue_size": 64},
          "dino": {"hidden_dim": 64, "bottleneck_dim": 32, "output_dim": 128}}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models on busy cores: one intra-op thread is many times faster than two fighting over them."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 def make(name, spatial_dims=2, backbone="resnet_tiny", n_images=None, **options):

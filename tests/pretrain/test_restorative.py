@@ -17,14 +17,7 @@ from medtransfer.pretrain.mae import MAE
 from medtransfer.pretrain.models_genesis import ModelsGenesis
 from medtransfer.pretrain.spark import SparK, patchify
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors gain nothing from intra-op threads, and on busy shared cores OpenMP spinning made these tests
-    10-40x slower; restored afterwards so other modules keep their setting."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 KW = dict(views={})

@@ -24,12 +24,7 @@ EPOCHS, N_IMAGES, BATCH = 2, 16, 8
 STEPS = EPOCHS * N_IMAGES // BATCH
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 def watched(method) -> dict[str, list[torch.nn.Parameter]]:
