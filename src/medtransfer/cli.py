@@ -14,6 +14,16 @@ from medtransfer.interrupts import Interrupted, signals_interrupt
 
 
 def _run(args) -> int:
+    from medtransfer.bench.ray_connect import early_connection
+    connection = early_connection(args.experiment, args.workers, args.address, args.verbose)  # before torch loads
+    try:
+        return _run_grid(args, connection)
+    finally:
+        if connection is not None:
+            connection.close()
+
+
+def _run_grid(args, ray_connection) -> int:
     from medtransfer.bench.runner import run_experiment
     from medtransfer.bench.store import ResultStore
     from medtransfer.config import ExperimentConfig, HardwareConfig, load_config, validate_config
@@ -30,7 +40,7 @@ def _run(args) -> int:
         hardware = validate_config({**cfg.hardware.model_dump(), **flags}, HardwareConfig, source="--workers/--address")
         cfg = cfg.model_copy(update={"hardware": hardware})
     summary = run_experiment(cfg, args.output, verbose=args.verbose, fail_fast=args.fail_fast,
-                             progress=not args.no_progress)
+                             progress=not args.no_progress, ray_connection=ray_connection)
     if rank_zero_only.rank != 0:  # under DDP every process runs the grid; one report is enough
         return 1 if summary.failed else 0
     rows = ResultStore(summary.folder).rows(status=None)  # all runs: they tell the folder's experiments apart

@@ -199,21 +199,23 @@ def run_extra(result, indices: np.ndarray, data: ImageDataset, init_file: Path |
 
 
 def run_experiment(cfg: ExperimentConfig, folder: str | Path | None = None, verbose: bool = False,
-                   fail_fast: bool = False, progress: bool = True, lease_s: float = LEASE_S) -> RunSummary:
+                   fail_fast: bool = False, progress: bool = True, lease_s: float = LEASE_S,
+                   ray_connection=None) -> RunSummary:
     """Run every unfinished run of ``cfg`` into ``folder`` (default: ``cfg.output`` or runs/<name>).
 
     Runs are claimed in the store, so any number of processes on one folder share the grid: a run another live
     process holds is left to it ("running elsewhere") and waited for at the end, and taken over if that process dies.
+    ``ray_connection``: a ``RayConnection`` already started for this grid's Ray executor (else one is started here).
     """
     folder = Path(folder or cfg.output or Path("runs") / cfg.name)
     if not verbose:
         quiet_lightning()
-    prepared = prepare(cfg)
-    store = ResultStore(folder)
     if cfg.hardware.executor == "ray":
         from medtransfer.bench.ray_executor import run_on_ray
-        return run_on_ray(cfg, prepared, store, verbose=verbose, fail_fast=fail_fast, progress=progress,
-                          lease_s=lease_s)
+        return run_on_ray(cfg, folder, verbose=verbose, fail_fast=fail_fast, progress=progress, lease_s=lease_s,
+                          connection=ray_connection)
+    prepared = prepare(cfg)
+    store = ResultStore(folder)
     run_pretrainings(cfg, prepared, folder, verbose)
     specs = expand(cfg)
     writer = rank_zero_only.rank == 0  # under DDP every process runs the grid; only rank 0 writes results
