@@ -7,8 +7,9 @@ import torch
 from medtransfer.data.normalisation import DEFAULT, IMAGENET, UNIT_RANGE, Normalisation
 from medtransfer.errors import ConfigError
 from medtransfer.finetune import features as features_module
-from medtransfer.finetune.fusion import FusionTuner, build_fusion, fine_tune_fusion, member_strategy
+from medtransfer.finetune.fusion import FusionStrategy, FusionTuner, build_fusion, fine_tune_fusion, member_strategy
 from medtransfer.finetune.strategies import parse_strategy
+from medtransfer.models.backbones import owns
 from medtransfer.models.fusion import FusionModel, ensemble_probabilities
 
 
@@ -110,6 +111,21 @@ def test_a_linear_fusion_trains_on_cached_member_features_with_the_per_epoch_res
     fuse(tiny2d, [make_backbone(seed=0), make_backbone(seed=1)], ["linear", "linear"], fast_train, cpu,
          tmp_path / "c", how=how, normalisations=norms)
     assert calls == [1, 1]  # the second fusion of the same members reads the cache
+
+
+def test_each_member_gets_the_optimiser_groups_its_own_strategy_makes(make_backbone, tiny2d):
+    frozen, decayed = make_backbone(seed=0), make_backbone(seed=1)
+    specs = strategies("linear", {"name": "lwlr_decay", "decay": 0.5})
+    model = build_fusion([frozen, decayed], specs, [DEFAULT, DEFAULT], tiny2d.num_classes, "concat", 0.0, "stage")
+    groups = FusionStrategy(specs).param_groups(model, 1.0, "stage")
+    grouped = {id(p): g["lr"] for g in groups for p in g["params"]}
+    assert not any(id(p) in grouped for p in frozen.parameters())
+    n = len(decayed.view("stage"))
+    for i, prefixes in enumerate(decayed.unit_prefixes("stage")):
+        unit = [p for name, p in decayed.model.named_parameters() if any(owns(x, name) for x in prefixes)]
+        assert unit and all(grouped[id(p)] == 0.5 ** (n - i) for p in unit)
+    assert all(grouped[id(p)] == 1.0 for p in model.head.parameters())
+    assert len(grouped) == sum(1 for g in groups for _ in g["params"])  # no parameter twice
 
 
 @pytest.mark.parametrize("spec", ["warmup", "knn"])

@@ -56,14 +56,14 @@ def check_fusions(cfg: ExperimentConfig, prepared) -> None:
                 raise ConfigError(f"{where}: fusion is for classification; dataset {label} is a segmentation task "
                                   "(fuse decoders by hand, or drop the fusion for this dataset)")
         for k, member in enumerate(fusion.fuse):
-            for i, strategy in enumerate(cfg.strategies if member.strategy is None else [member.strategy]):
-                check_member_strategy(strategy, f"{where}.fuse[{k}]" +
-                                      (f" under strategies[{i}]" if member.strategy is None else ".strategy"))
-                view = cfg.backbone.view
-                for label, data in prepared.data.items():  # e.g. a range selecting no unit fails here
-                    backbone = create_backbone(cfg.backbone.name, data.in_chans, prepared.input_size[label],
-                                               cfg.backbone.small_stem, spatial_dims=data.spatial_dims)
-                    strategy.prepare(backbone, view or backbone.default_view)
+            if member.strategy is None:  # the run's strategies, each already prepared on every dataset
+                for i, strategy in enumerate(cfg.strategies):
+                    check_member_strategy(strategy, f"{where}.fuse[{k}] under strategies[{i}]")
+                continue
+            for label, data in prepared.data.items():  # e.g. a range selecting no unit fails here
+                backbone = create_backbone(cfg.backbone.name, data.in_chans, prepared.input_size[label],
+                                           cfg.backbone.small_stem, spatial_dims=data.spatial_dims)
+                member.strategy.prepare(backbone, cfg.backbone.view or backbone.default_view)
         _check_same_input(where, member_names(fusion), prepared)
         prepared.init_files[fusion.name] = None
         prepared.init_normalisation[fusion.name] = DEFAULT  # each member is fed its own; see run_fusion
