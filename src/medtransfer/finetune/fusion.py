@@ -39,18 +39,19 @@ from medtransfer.models.backbones import Backbone
 from medtransfer.models.fusion import FusionModel, ensemble_probabilities
 
 
-def member_strategy(spec, key: str = "fuse[].strategy") -> Strategy:
-    """A member's own strategy from YAML (as in ``strategies``), refused if it cannot act inside a fusion."""
-    strategy = spec if isinstance(spec, Strategy) else parse_strategy(spec, key=key)
-    check_member_strategy(strategy, key)
+def member_strategy(spec) -> Strategy:
+    """A member's own strategy from YAML (as in ``strategies``), refused if it cannot act inside a fusion; the
+    caller's error names the member's key."""
+    strategy = spec if isinstance(spec, Strategy) else parse_strategy(spec, key="strategy")
+    check_member_strategy(strategy)
     return strategy
 
 
-def check_member_strategy(strategy: Strategy, where: str) -> None:
+def check_member_strategy(strategy: Strategy, where: str = "") -> None:
     if strategy.freezing_changes or isinstance(strategy, KNN):
-        raise ConfigError(f"{where}: strategy {strategy.label()!r} cannot train a fusion member ("
-                          + ("it unfreezes mid-run" if strategy.freezing_changes else "a k-NN vote trains nothing")
-                          + "); allowed: end_to_end, linear, range/q1..q4, truncate, lwlr_decay")
+        why = "it unfreezes mid-run" if strategy.freezing_changes else "a k-NN vote trains nothing"
+        raise ConfigError(f"{where + ': ' if where else ''}strategy {strategy.label()!r} cannot train a fusion "
+                          f"member ({why}); allowed: end_to_end, linear, range/q1..q4, truncate, lwlr_decay")
 
 
 class FusionStrategy:
