@@ -36,9 +36,11 @@ class RunSpec:
         """The run as it acts; ``normalisation`` is the init's for this dataset's channels (stored for every run)."""
         dataset = self.dataset.model_dump(mode="json")
         dataset["options"] = identity_options(dataset["options"])
-        return {"dataset": dataset, "backbone": cfg.backbone.model_dump(mode="json"),
-                "init": {"kind": _init_kind(self.init), "sha256": init_sha256,
-                         "normalisation": normalisation.to_dict()},
+        init = {"kind": _init_kind(self.init), "sha256": init_sha256, "normalisation": normalisation.to_dict()}
+        if self.init.fuse:  # read by the report; the content hash in ``sha256`` identifies the members
+            init["members"] = [{"init": name, "strategy": None if m.strategy is None else m.strategy.label()}
+                               for m, name in zip(self.init.fuse, fusion_member_names(self.init))]
+        return {"dataset": dataset, "backbone": cfg.backbone.model_dump(mode="json"), "init": init,
                 "strategy": self.strategy.model_dump(mode="json"), "fraction": self.fraction, "seed": self.seed,
                 "train": _train_identity(cfg, segmentation)}
 
@@ -49,6 +51,7 @@ class RunSpec:
         identity = self.resolved(cfg, init_sha256, segmentation, normalisation)
         if normalisation.is_default:
             del identity["init"]["normalisation"]
+        identity["init"].pop("members", None)  # names only: renaming a member's label re-runs nothing
         return config_hash(identity)
 
 
@@ -65,7 +68,15 @@ def _train_identity(cfg: ExperimentConfig, segmentation: bool) -> dict:
 
 def _init_kind(init: InitConfig) -> str:
     # zoo and timm inits are files too: the run id holds their content hash, whatever name led to them
+    if init.fuse:
+        return "fusion"
     return "checkpoint" if init.checkpoint or init.pretrain or init.zoo or init.timm else "random"
+
+
+def fusion_member_names(fusion: InitConfig) -> list[str]:
+    """The names a fusion's members are prepared under: a referenced init's own name, ``FUSION[k]`` for an inline
+    one (``bench/fusion.py``)."""
+    return [m.label if m.label is not None else f"{fusion.name}[{k}]" for k, m in enumerate(fusion.fuse)]
 
 
 def dataset_labels(datasets: list[DatasetConfig]) -> list[str]:

@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from medtransfer.bench.claims import LEASE_S, LeaseKeeper, pass_started, pretraining_lock, process_owner
 from medtransfer.bench.executors import torch_threads
+from medtransfer.bench.fusion import check_fusions, identify_fusions, inits_to_resolve, run_fusion
 from medtransfer.bench.grid import RunSpec, dataset_labels, expand
 from medtransfer.bench.store import ClaimLost, ResultStore
 from medtransfer.bench.store_faults import stop_if_disk_full
@@ -120,7 +121,7 @@ def prepare(cfg: ExperimentConfig) -> Prepared:
             for seed in cfg.seeds:
                 prepared.subsets[label, fraction, seed] = label_fraction_indices(
                     data.train.labels, data.task, fraction, seed)
-    for init in cfg.inits:
+    for init in inits_to_resolve(cfg):  # fusions are checked below, once their members are resolved
         if init.checkpoint is not None or init.zoo is not None or init.timm is not None:
             path, source = resolve_weights(init.zoo, init.timm, init.checkpoint, key=f"inits ({init.name})")
             _check_fits(cfg, path, f"inits ({init.name}): {source}", prepared)
@@ -144,6 +145,8 @@ def prepare(cfg: ExperimentConfig) -> Prepared:
         else:
             prepared.init_files[init.name] = prepared.init_sha256[init.name] = None
             prepared.init_normalisation[init.name] = DEFAULT
+    check_fusions(cfg, prepared)
+    identify_fusions(cfg, prepared)
     return prepared
 
 
@@ -170,9 +173,12 @@ def run_pretrainings(cfg: ExperimentConfig, prepared: Prepared, folder: Path, ve
         prepared.init_files[name] = checkpoint
         prepared.init_sha256[name] = sha256_file(checkpoint)
         prepared.init_normalisation[name] = file_normalisation(checkpoint)
+    identify_fusions(cfg, prepared)
 
 
 def run_one(cfg: ExperimentConfig, spec: RunSpec, prepared: Prepared, workdir: Path, verbose: bool):
+    if spec.init.fuse:
+        return run_fusion(cfg, spec, prepared, workdir, verbose)
     data = prepared.data[spec.dataset_label]
     input_size = prepared.input_size[spec.dataset_label]
     L.seed_everything(spec.seed, workers=True, verbose=False)  # fixes the head and any random init

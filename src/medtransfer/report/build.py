@@ -16,6 +16,7 @@ from medtransfer.errors import ConfigError, MedtransferError, allowed
 from medtransfer.evaluate.statistics import MARKERS, NOT_SIGNIFICANT
 from medtransfer.report import comparisons as cmp
 from medtransfer.report import plots, tables
+from medtransfer.report.fusion import fusion_table
 from medtransfer.report.coverage import RUN_KEYS, finished_runs, metric_names, missing_runs
 from medtransfer.report.integrity import check_one_experiment, select_config, warning_table
 from medtransfer.report.html import esc, figure_html, frame_html, page, runs_html
@@ -34,6 +35,7 @@ class Analysis:
     comparisons: pd.DataFrame
     missing: pd.DataFrame
     warnings: pd.DataFrame = field(default_factory=pd.DataFrame)  # one row per (run, stored warning)
+    fusions: pd.DataFrame = field(default_factory=pd.DataFrame)  # each fusion against its members (report.fusion)
     figures: list[tuple[str, str, Figure]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -62,7 +64,7 @@ def analyse(rows: pd.DataFrame, metric: str | None = None, baseline: str = cmp.D
     strategy = base.strategy or ("end_to_end" if "end_to_end" in strategies else strategies[0])
     summary = tables.summary_with_ci(rows, [metric] + [m for m in present if m != metric])
     result = Analysis(rows, metric, base, strategy, summary, cmp.comparison_table(rows, metric, base),
-                      missing_runs(rows, metric), warning_table(finished_runs(rows)))
+                      missing_runs(rows, metric), warning_table(finished_runs(rows)), fusion_table(rows, metric))
     _notes(result)
     _figures(result, runs_folder)
     return result
@@ -143,6 +145,14 @@ def _comparisons_html(a: Analysis) -> str:
     return text + frame_html(cmp.display_table(a.comparisons), "comparisons")
 
 
+def _fusions_html(a: Analysis) -> str:
+    text = ("<p>Each fusion against each of its members (under the member's own strategy, else the fusion's) and "
+            "against its best member (best mean over seeds in the cell), at the same dataset and label fraction, "
+            "<b>paired by seed</b>; tests as in Comparisons, Holm-corrected over the "
+            f"{len(a.fusions)} rows of this table. Improvement positive = the fusion is better.</p>")
+    return text + frame_html(cmp.display_table(a.fusions), "comparisons")
+
+
 def _environment_html(a: Analysis) -> str:
     time = compute_time(a.rows)
     dated = {"started_at", "finished_at"} <= set(a.rows)
@@ -175,6 +185,9 @@ def build_report(rows: pd.DataFrame, output_dir: str | Path, metric: str | None 
     (out / "comparisons.md").write_text(cmp.to_markdown(a.comparisons), encoding="utf-8")
     (out / "comparisons.tex").write_text(cmp.to_latex(a.comparisons), encoding="utf-8")
     a.missing.to_csv(out / "missing_runs.csv", index=False)
+    if len(a.fusions):
+        a.fusions.to_csv(out / "fusions.csv", index=False)
+        (out / "fusions.md").write_text(cmp.to_markdown(a.fusions), encoding="utf-8")
     figures = []
     for name, caption, fig in a.figures:
         element, png = figure_html(fig, caption, name)
@@ -190,6 +203,7 @@ def build_report(rows: pd.DataFrame, output_dir: str | Path, metric: str | None 
         ("summary", "Summary: mean ± std and 95 % CI over seeds", summaries),
         ("figures", "Figures", "\n".join(figures)),
         ("comparisons", f"Comparisons against {a.baseline} ({a.metric})", _comparisons_html(a)),
+        *([("fusions", f"Fusions against their members ({a.metric})", _fusions_html(a))] if len(a.fusions) else []),
         ("missing", "Missing runs", missing),
         ("warnings", "Warnings", frame_html(a.warnings, "warnings") if len(a.warnings) else
          "<p>None: no finished run stored a warning.</p>"),

@@ -93,16 +93,25 @@ def comparison_table(rows: pd.DataFrame, metric: str, baseline: str | Baseline =
             base = values.get(base_key, pd.Series(dtype=float))
             if base.empty:
                 continue  # no finished baseline here: the missing-runs table shows it
-            design, c, b, notes = _pairs(candidate, base)
-            result = paired_test(c, b) if design == "paired" else unpaired_test(c, b)
-            mean, base_mean = (float(np.mean(c)), float(np.mean(b))) if len(c) and len(b) else (math.nan, math.nan)
-            records.append({
-                "dataset": dataset, "fraction": fraction, "init": init, "strategy": strategy,
-                "baseline": f"{base_key[0]}/{base_key[1]}", "design": design, "n": result.n, "mean": mean,
-                "baseline_mean": base_mean, "diff": result.diff,
-                "improvement_%": relative_improvement(mean, base_mean, lower), "test": result.test, "p": result.p,
-                "rank_test": result.rank_test, "p_rank": result.p_rank, "effect_name": result.effect_name,
-                "effect": result.effect, "notes": "; ".join(notes + result.notes)})
+            records.append({"dataset": dataset, "fraction": fraction, "init": init, "strategy": strategy,
+                            "baseline": f"{base_key[0]}/{base_key[1]}", **compare(candidate, base, lower)})
+    return with_holm(records)
+
+
+def compare(candidate: pd.Series, base: pd.Series, lower: bool) -> dict:
+    """Two cells' values by seed -> the test columns of one comparison row (paired by seed where they share seeds;
+    ``lower``: the metric is better when lower)."""
+    design, c, b, notes = _pairs(candidate, base)
+    result = paired_test(c, b) if design == "paired" else unpaired_test(c, b)
+    mean, base_mean = (float(np.mean(c)), float(np.mean(b))) if len(c) and len(b) else (math.nan, math.nan)
+    return {"design": design, "n": result.n, "mean": mean, "baseline_mean": base_mean, "diff": result.diff,
+            "improvement_%": relative_improvement(mean, base_mean, lower), "test": result.test, "p": result.p,
+            "rank_test": result.rank_test, "p_rank": result.p_rank, "effect_name": result.effect_name,
+            "effect": result.effect, "notes": "; ".join(notes + result.notes)}
+
+
+def with_holm(records: list[dict]) -> pd.DataFrame:
+    """Comparison rows as a table, p-values Holm-adjusted over all of them (one family) and marked."""
     table = pd.DataFrame(records, columns=[c for c in COLUMNS if c not in ("p_holm", "p_rank_holm", "marker")])
     table["p_holm"] = holm(table["p"].to_numpy(dtype=float))
     table["p_rank_holm"] = holm(table["p_rank"].to_numpy(dtype=float))
