@@ -54,7 +54,8 @@ def cached_input_spec(strategy: Strategy, module: FineTuner, data: ImageDataset,
     steps = None if strategy.frozen_backbone else frozen_prefix(strategy, backbone)
     if steps == 0:
         return None
-    refusal = _refusal(strategy, train, hardware, wanted)
+    refusal = _refusal(strategy, train, hardware, wanted) or (
+        f"policy {module.policy.label()} changes the images every epoch" if module.policy.changes_images else None)
     if refusal is None and steps is not None:
         size = _prefix_bytes(backbone, steps, sum(len(getattr(data, s)) for s in SPLITS))
         if size > MAX_PREFIX_BYTES:
@@ -145,7 +146,8 @@ def fine_tune_on_features(data: ImageDataset, train_indices: np.ndarray, module:
     train_set = _feature_set(features["train"], training_targets(data.train), idx)
     val_set, test_set = (_feature_set(features[s], getattr(data, s).labels) for s in ("val", "test"))
     trained = model.head if spec.steps is None else _AfterPrefix(model, spec.steps)
-    head = FineTuner(trained, data.task, strategy, view, train, _Passthrough(), channels_last=module.channels_last)
+    head = FineTuner(trained, data.task, strategy, view, train, _Passthrough(), module.channels_last, module.policy,
+                     module.criterion)
     result = fit_and_test(head, model, data, train_set, val_set, test_set, max(train.batch_size, 256), strategy,
                           train, hardware, seed, resolve_monitor(train, data.task), Path(workdir), verbose)
     result.timings["features_s"] = extracted
