@@ -146,7 +146,7 @@ def fine_tune(data: ImageDataset, train_indices: np.ndarray, backbone: Backbone,
                         strategy, train, hardware, seed, monitor, workdir, verbose)
 
 
-def fit_and_test(module: L.LightningModule, model: torch.nn.Module, data: ImageDataset, train_set, val_set, test_set,
+def fit_and_test(module: FineTuner, model: torch.nn.Module, data: ImageDataset, train_set, val_set, test_set,
                  eval_batch: int, strategy: Strategy, train: TrainConfig, hardware: HardwareConfig, seed: int,
                  monitor: str, workdir: Path, verbose: bool) -> FineTuneResult:
     """The loop every trained strategy shares: seeded sampling, selection on val, one test on the best checkpoint.
@@ -157,8 +157,7 @@ def fit_and_test(module: L.LightningModule, model: torch.nn.Module, data: ImageD
     """
     per_epoch = max(len(train_set), train.min_samples_per_epoch)
     generator = torch.Generator().manual_seed(seed)
-    policy = getattr(module, "policy", NO_POLICY)
-    sampler = (policy.sampler(train_set.tensors[2].numpy(), per_epoch, generator)
+    sampler = (module.policy.sampler(train_set.tensors[2].numpy(), per_epoch, generator)
                or RandomSampler(train_set, num_samples=per_epoch, generator=generator))
     train_loader = DataLoader(train_set, batch_size=train.batch_size, sampler=sampler,
                               drop_last=per_epoch > train.batch_size)  # a size-1 last batch would break BatchNorm
