@@ -130,8 +130,9 @@ def _overview(a: Analysis) -> str:
     levels = "".join(f"<li><b>{k}</b>: {esc(', '.join(map(str, sorted(a.rows[k].unique()))))}</li>"
                      for k in with_axes(RUN_KEYS, a.rows))
     tested = a.comparisons["p_holm"].notna()
-    significant = a.comparisons.loc[tested & (a.comparisons["p_holm"] < 0.05), ["init", "strategy", "fraction"]]
-    found = "; ".join(f"{r.init}/{r.strategy} at {r.fraction * 100:g}%" for r in significant.itertuples())
+    significant = a.comparisons[tested & (a.comparisons["p_holm"] < 0.05)]
+    found = "; ".join(f"{r.init}/{r.strategy}{f' ({r.policy})' if 'policy' in significant else ''} at "
+                      f"{r.fraction * 100:g}%" for r in significant.itertuples())
     notes = "".join(f'<p class="warn">{esc(n)}</p>' for n in a.notes)
     return (f"<p>{len(done)} finished runs of {len(a.rows)} recorded; main metric <b>{esc(a.metric)}</b>; baseline "
             f"<b>{esc(a.baseline)}</b>. Differing from the baseline after Holm correction (p &lt; 0.05): "
