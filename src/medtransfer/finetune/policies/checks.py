@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from medtransfer.config import ExperimentConfig
+from medtransfer.data.base import ImageDataset
 from medtransfer.errors import ConfigError
 from medtransfer.finetune.strategies.knn import KNN
 
 
-def check_policies(cfg, label: str, data) -> None:
+def check_policies(cfg: ExperimentConfig, label: str, data: ImageDataset) -> None:
     """Refuse, naming the entry and the policy, an entry that cannot act on ``data`` (e.g. mixup on a segmentation
     dataset), that sets a level beside ``train.augment``, or any policy with ``knn``, which does not train."""
     for i, policy in enumerate(cfg.policies):

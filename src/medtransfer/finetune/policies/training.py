@@ -30,6 +30,7 @@ class TrainingPolicy(BaseModel):
 
     @property
     def changes_images(self) -> bool:
+        """True when the images differ from epoch to epoch (``augment: none`` changes nothing)."""
         return any(p.changes_images and p.augment() != "none" for p in self.parts)
 
     def refusal(self, task: str, train_augment: str) -> str | None:
