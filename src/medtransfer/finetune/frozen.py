@@ -4,8 +4,9 @@ units (``range``/``truncate`` starting above the stem) is run once over the imag
 ``linear`` trains the same head with the same optimiser, schedule, seeded data order, model selection and test as
 the per-epoch path (``fit_and_test``); only its input changes from images to their cached features, so without
 augmentation the result is the same run, minus (epochs - 1) passes of the backbone over train and val. With
-augmentation (or a training policy that mixes images: mixup, cutmix) the features of an image would differ every epoch, so such runs keep the per-epoch path (and their
-behaviour); so do DDP runs, whose processes would each extract. A frozen prefix is handled the same way — the
+augmentation, or a training policy that mixes images (mixup, cutmix), the features of an image would differ every
+epoch, so such runs keep the per-epoch path (and their behaviour); so do DDP runs, whose processes would each
+extract. A frozen prefix is handled the same way — the
 trained units and the head run on its cached output maps — when those fit ``MAX_PREFIX_BYTES``. ``warmup``, whose
 frozen phase ends mid-run, always trains on images. ``knn`` needs no training: its scores are neighbour votes
 (``strategies/knn.py``), on the same pooled features.
