@@ -117,3 +117,19 @@ def test_two_policies_run_end_to_end_and_the_report_stacks_them(tmp_path, capsys
         "random/end_to_end"}
     np.testing.assert_allclose(table["diff"], table["mean"] - table["baseline_mean"])
     assert table["p_holm"].notna().all()
+
+
+@pytest.mark.parametrize("dataset, backbone, policies", [
+    ({"name": "synthetic_seg2d", "size": 32, "n_train": 6, "n_val": 2, "n_test": 2}, "resnet_tiny",
+     [{"augment": "strong"}]),
+    ({"name": "synthetic_seg3d", "size": 16, "n_train": 4, "n_val": 2, "n_test": 2}, "resnet_tiny_3d",
+     [{"augment": "strong"}]),
+    ({"name": "synthetic3d", "size": 16, "n_train": 24, "n_val": 12, "n_test": 12}, "resnet_tiny_3d",
+     [{"augment": "strong", "cutmix": 1.0}, {"focal": 2, "class_weights": "inverse_sqrt", "balanced_sampler": True}]),
+])
+def test_accepted_policies_train_in_2d_and_3d(tmp_path, dataset, backbone, policies):
+    cfg = validate_config({"name": "p", "datasets": [dataset], "backbone": {"name": backbone}, "policies": policies,
+                           "train": {"epochs": 1, "batch_size": 4}, "hardware": {"accelerator": "cpu"}},
+                          ExperimentConfig)
+    summary = runner.run_experiment(cfg, tmp_path, progress=False, fail_fast=True)
+    assert summary.done == len(policies) and not summary.failed
