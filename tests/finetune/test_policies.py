@@ -159,3 +159,14 @@ def test_entries_are_labelled_in_registry_order_and_duplicates_refused():
     assert parse_policy({"mixup": {"alpha": 0.2}}) == parse_policy({"mixup": 0.2})
     with pytest.raises(ConfigError, match="duplicate"):
         parse_policies([{"mixup": 0.2}, {"mixup": {"alpha": 0.2}}])
+
+
+@pytest.mark.parametrize("shape", [(2, 1, 20, 20), (2, 1, 10, 10, 10)])
+def test_elastic_deformation_is_smooth_and_the_identity_without_displacement(shape):
+    from medtransfer.data.augment_ops import RandomElastic
+    x = torch.rand(shape)
+    torch.testing.assert_close(RandomElastic(alpha=0.0, p=1.0)(x), x, atol=1e-5, rtol=0)
+    ramp = torch.linspace(0, 1, shape[-1]).expand(shape).contiguous()
+    warped = RandomElastic(alpha=0.1, p=1.0)(ramp)
+    assert not torch.allclose(warped, ramp, atol=1e-3)
+    assert (warped.diff(dim=-1).abs().max() < 3 / shape[-1])  # a smooth field: neighbours stay neighbours

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from medtransfer.data.augment3d import RandomCutout3D, RandomElastic3D
+from medtransfer.data.augment_ops import RandomCutout3D, RandomElastic
 from medtransfer.data.normalisation import DEFAULT, Normalisation
 
 AUGMENTS = ("none", "flip", "light", "strong")
@@ -49,11 +49,10 @@ def _fine_tune_augment(kind: str, spatial_dims: int) -> tuple[nn.Module | None, 
         return nn.Sequential(*ops), None
     intensity = [K.RandomBrightness((0.8, 1.2), p=0.5), K.RandomContrast((0.8, 1.2), p=0.5),
                  K.RandomGamma((0.8, 1.25), p=0.5), K.RandomGaussianNoise(std=0.02, p=0.5)]
+    ops.append(RandomElastic())
     if spatial_dims == 2:
-        ops.append(K.RandomElasticTransform(kernel_size=(33, 33), sigma=(6.0, 6.0), alpha=(1.0, 1.0), p=0.5))
         photometric = [*intensity, K.RandomErasing(scale=(0.02, 0.15), p=0.5)]
     else:
-        ops.append(RandomElastic3D())
         photometric = [*(_AsSlices(op) for op in intensity), RandomCutout3D()]
     return nn.Sequential(*ops), nn.Sequential(*photometric)
 

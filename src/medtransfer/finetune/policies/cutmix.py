@@ -7,7 +7,7 @@ from typing import ClassVar
 import torch
 from pydantic import Field
 
-from medtransfer.data.augment3d import random_box
+from medtransfer.data.augment_ops import random_box
 from medtransfer.finetune.policies.base import SINGLE_LABEL, Mixed, Policy
 
 
