@@ -1,9 +1,9 @@
 """Expanding an experiment into runs, each identified by the hash of its fully resolved config.
 
 The hash covers everything that changes a result (data and its options, backbone, the init's *content* hash and
-input normalisation, strategy, label fraction, seed, schedule, training policy when set) and nothing that does not (hardware, output folder),
-so re-running an experiment on another machine skips what is finished and a changed checkpoint file is never
-mistaken for the old.
+input normalisation, strategy, label fraction, seed, schedule, the training policy when one is set) and nothing
+that does not (hardware, output folder), so re-running an experiment on another machine skips what is finished and
+a changed checkpoint file is never mistaken for the old.
 """
 
 from __future__ import annotations

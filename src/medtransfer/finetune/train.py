@@ -157,8 +157,9 @@ def fit_and_test(module: FineTuner, model: torch.nn.Module, data: ImageDataset, 
     """
     per_epoch = max(len(train_set), train.min_samples_per_epoch)
     generator = torch.Generator().manual_seed(seed)
-    sampler = (module.policy.sampler(train_set.tensors[2].numpy(), per_epoch, generator)
-               or RandomSampler(train_set, num_samples=per_epoch, generator=generator))
+    sampler = module.policy.sampler(train_set.tensors[2].numpy(), per_epoch, generator)  # e.g. class-balanced
+    if sampler is None:
+        sampler = RandomSampler(train_set, num_samples=per_epoch, generator=generator)
     train_loader = DataLoader(train_set, batch_size=train.batch_size, sampler=sampler,
                               drop_last=per_epoch > train.batch_size)  # a size-1 last batch would break BatchNorm
 

@@ -52,11 +52,12 @@ class TrainingPolicy(BaseModel):
         return next((m for p in self.parts if (m := p.mix(x, y)) is not None), None)
 
     def criterion(self, task: str, labels: np.ndarray, num_classes: int) -> PolicyLoss | None:
-        """The training loss of a single-label task from the training subset's labels; None for multilabel."""
+        """The training loss of a single-label task from the training subset's labels; None (the task's own loss)
+        for other tasks and for entries without a loss policy."""
         if task not in SINGLE_LABEL:
             return None
         options = {k: v for p in self.parts for k, v in p.loss_options(labels, num_classes).items()}
-        return PolicyLoss(**options)
+        return PolicyLoss(**options) if options else None
 
     def sampler(self, labels: np.ndarray, num_samples: int, generator: torch.Generator) -> Sampler | None:
         return next((s for p in self.parts if (s := p.sampler(labels, num_samples, generator)) is not None), None)
