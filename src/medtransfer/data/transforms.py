@@ -95,8 +95,8 @@ class SegmentationPreprocess(_Normalised):
     """Segmentation batches: uint8 images, class-index masks and field-of-view masks, preprocessed jointly.
 
     At training time a random patch (``patch_size``) is cut and the fine-tuning augmentation's spatial part
-    applied to image, mask and FOV with the *same* random parameters (its photometric part to the image only): they travel through kornia stacked as channels (mask one-hot),
-    which works in 3D too, where kornia has no mask support. After a rotation the label is the argmax of the
+    applied to image, mask and FOV with the *same* random parameters (its photometric part to the image only): they
+    travel through kornia stacked as channels (mask one-hot), which works in 3D too, where kornia has no mask support. After a rotation the label is the argmax of the
     interpolated one-hot channels; pixels shifted in from outside the image have no label and fall outside the FOV,
     so the loss ignores them. Evaluation sees whole images (sliding-window inference), normalised only.
     """

@@ -180,7 +180,8 @@ def build_report(rows: pd.DataFrame, output_dir: str | Path, metric: str | None 
                  baseline: str = cmp.DEFAULT_BASELINE, runs_folder: str | Path | None = None,
                  title: str = "medtransfer report") -> Path:
     """Write report.html and, beside it, summary.{csv,md,tex}, comparisons.{csv,md,tex}, missing_runs.csv,
-    stacking.{csv,md} (runs with training policies) and one PNG per figure into ``output_dir``; returns the path of report.html. Arguments as in ``analyse``."""
+    stacking.{csv,md} (runs with training policies) and one PNG per figure into ``output_dir``; returns the path of
+    report.html. Arguments as in ``analyse``."""
     a = analyse(rows, metric, baseline, runs_folder)
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
