@@ -160,6 +160,9 @@ def test_entries_are_labelled_in_registry_order_and_duplicates_refused():
     assert parse_policy({"mixup": {"alpha": 0.2}}) == parse_policy({"mixup": 0.2})
     with pytest.raises(ConfigError, match="duplicate"):
         parse_policies([{"mixup": 0.2}, {"mixup": {"alpha": 0.2}}])
+    dumped = [p.model_dump(mode="json") for p in parse_policies(["none", {"augment": "strong", "focal": 2}])]
+    assert dumped == ["none", {"augment": {"level": "strong"}, "focal": {"gamma": 2.0}}]
+    assert [p.label() for p in parse_policies(dumped)] == ["none", "augment strong + focal 2"]  # parses back
 
 
 @pytest.mark.parametrize("shape", [(2, 1, 20, 20), (2, 1, 10, 10, 10)])

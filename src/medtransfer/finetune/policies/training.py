@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, SerializeAsAny
+from pydantic import BaseModel, ConfigDict, SerializeAsAny, model_serializer
 from torch.utils.data import Sampler
 
 from medtransfer.finetune.policies.base import SINGLE_LABEL, Mixed, Policy
@@ -27,6 +27,11 @@ class TrainingPolicy(BaseModel):
     def identity(self) -> dict:
         """What the run id hashes: each policy's parameters by name."""
         return {p.name: p.model_dump(mode="json") for p in self.parts}
+
+    @model_serializer
+    def _as_entry(self):
+        """Dumped as the experiment file's entry ("none" or {name: parameters}), which parses back to it."""
+        return self.identity() or "none"
 
     @property
     def changes_images(self) -> bool:
