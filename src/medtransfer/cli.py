@@ -186,8 +186,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     run = sub.add_parser("run", help="run an experiment grid (skips finished runs)",
-                         description="Expand EXPERIMENT into inits x datasets x strategies x label fractions x seeds "
-                         "and run every unfinished run; results go to a SQLite store in the output folder.")
+                         description="Expand EXPERIMENT into inits x datasets x strategies x policies x label "
+                         "fractions x seeds and run every unfinished run; results go to a SQLite store in the output "
+                         "folder.")
     run.add_argument("experiment", type=Path, help="experiment YAML file")
     run.add_argument("--output", type=Path, help="experiment folder (default: 'output' in the file, or runs/NAME)")
     run.add_argument("--metric", default="auc", help="metric of the printed table (default: auc)")

@@ -339,7 +339,8 @@ FusionMember.model_rebuild()
 
 
 class ExperimentConfig(Strict):
-    """A grid: inits x datasets x strategies x label fractions x seeds, all sharing one backbone and schedule."""
+    """A grid: inits x datasets x strategies x policies x label fractions x seeds, all sharing one backbone and
+    schedule."""
 
     name: str
     output: Optional[FilePath] = None
@@ -351,6 +352,14 @@ class ExperimentConfig(Strict):
     seeds: list[Seed] = Field(default_factory=lambda: [0], min_length=1)
     train: TrainConfig = TrainConfig()
     hardware: HardwareConfig = HardwareConfig()
+    policies: list[Any] = Field(default_factory=lambda: ["none"], min_length=1, validate_default=True,
+                                description="training policies, one grid entry each (finetune/policies)")
+
+    @field_validator("policies")
+    @classmethod
+    def _policies(cls, specs: list) -> list:
+        from medtransfer.finetune.policies import parse_policies
+        return parse_policies(specs)
 
     @field_validator("strategies")
     @classmethod

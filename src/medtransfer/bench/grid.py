@@ -1,9 +1,9 @@
 """Expanding an experiment into runs, each identified by the hash of its fully resolved config.
 
 The hash covers everything that changes a result (data and its options, backbone, the init's *content* hash and
-input normalisation, strategy, label fraction, seed, schedule) and nothing that does not (hardware, output folder),
-so re-running an experiment on another machine skips what is finished and a changed checkpoint file is never
-mistaken for the old.
+input normalisation, strategy, label fraction, seed, schedule, the training policy when one is set) and nothing
+that does not (hardware, output folder), so re-running an experiment on another machine skips what is finished and
+a changed checkpoint file is never mistaken for the old.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from medtransfer.bench.store import config_hash
 from medtransfer.config import DatasetConfig, ExperimentConfig, InitConfig
 from medtransfer.data import identity_options
 from medtransfer.data.normalisation import DEFAULT, Normalisation
+from medtransfer.finetune.policies import NO_POLICY, TrainingPolicy
 from medtransfer.finetune.strategies import Strategy
 
 
@@ -26,14 +27,16 @@ class RunSpec:
     strategy: Strategy
     fraction: float
     seed: int
+    policy: TrainingPolicy = NO_POLICY
 
     def labels(self) -> dict:
         return {"dataset": self.dataset_label, "init": self.init.name, "strategy": self.strategy.label(),
-                "fraction": self.fraction, "seed": self.seed}
+                "fraction": self.fraction, "seed": self.seed, "policy": self.policy.label()}
 
     def resolved(self, cfg: ExperimentConfig, init_sha256: str | None, segmentation: bool = False,
                  normalisation: Normalisation = DEFAULT) -> dict:
-        """The run as it acts; ``normalisation`` is the init's for this dataset's channels (stored for every run)."""
+        """The run as it acts; ``normalisation`` is the init's for this dataset's channels (stored for every run).
+        A training policy is in it only when set, so runs without one keep the ids they had before policies."""
         dataset = self.dataset.model_dump(mode="json")
         dataset["options"] = identity_options(dataset["options"])
         init = {"kind": _init_kind(self.init), "sha256": init_sha256, "normalisation": normalisation.to_dict()}
@@ -42,7 +45,8 @@ class RunSpec:
                                for m, name in zip(self.init.fuse, fusion_member_names(self.init))]
         return {"dataset": dataset, "backbone": cfg.backbone.model_dump(mode="json"), "init": init,
                 "strategy": self.strategy.model_dump(mode="json"), "fraction": self.fraction, "seed": self.seed,
-                "train": _train_identity(cfg, segmentation)}
+                "train": _train_identity(cfg, segmentation),
+                **({} if self.policy.is_none else {"policy": self.policy.identity()})}
 
     def run_id(self, cfg: ExperimentConfig, init_sha256: str | None, segmentation: bool = False,
                normalisation: Normalisation = DEFAULT) -> str:
@@ -91,8 +95,9 @@ def dataset_labels(datasets: list[DatasetConfig]) -> list[str]:
 
 
 def expand(cfg: ExperimentConfig) -> list[RunSpec]:
-    """inits x datasets x strategies x label fractions x seeds, in an order that finishes whole seeds early."""
+    """inits x datasets x strategies x policies x label fractions x seeds, in an order that finishes whole seeds
+    early."""
     labels = dataset_labels(cfg.datasets)
-    return [RunSpec(dataset, label, init, strategy, fraction, seed)
-            for seed, (dataset, label), init, fraction, strategy in itertools.product(
-                cfg.seeds, zip(cfg.datasets, labels), cfg.inits, cfg.label_fractions, cfg.strategies)]
+    return [RunSpec(dataset, label, init, strategy, fraction, seed, policy)
+            for seed, (dataset, label), init, fraction, strategy, policy in itertools.product(
+                cfg.seeds, zip(cfg.datasets, labels), cfg.inits, cfg.label_fractions, cfg.strategies, cfg.policies)]

@@ -35,6 +35,7 @@ from medtransfer.data.fractions import describe_subset
 from medtransfer.data.normalisation import DEFAULT, Normalisation
 from medtransfer.errors import ConfigError
 from medtransfer.finetune.frozen import check_hardware
+from medtransfer.finetune.policies.checks import check_policies
 from medtransfer.finetune.segmentation import build_segmentation, segmentation_input_size
 from medtransfer.finetune.train import fine_tune, resolve_monitor
 from medtransfer.interrupts import Interrupted
@@ -117,6 +118,7 @@ def prepare(cfg: ExperimentConfig) -> Prepared:
             check_hardware(strategy, cfg.hardware)
             if data.task == "segmentation":  # e.g. fpn on a truncated encoder, bce on three classes
                 build_segmentation(data, backbone, strategy, view, cfg.train, monitor, channels_last=False)
+        check_policies(cfg, label, data)
         for fraction in cfg.label_fractions:
             for seed in cfg.seeds:
                 prepared.subsets[label, fraction, seed] = label_fraction_indices(
@@ -191,7 +193,8 @@ def run_one(cfg: ExperimentConfig, spec: RunSpec, prepared: Prepared, workdir: P
     indices = prepared.subsets[spec.dataset_label, spec.fraction, spec.seed]
     with torch_threads(cfg.hardware.cpus_per_run):
         result = fine_tune(data, indices, backbone, spec.strategy, view, cfg.train, cfg.hardware, spec.seed, workdir,
-                           input_size=input_size, verbose=verbose, normalisation=run_normalisation(prepared, spec))
+                           input_size=input_size, verbose=verbose, normalisation=run_normalisation(prepared, spec),
+                           policy=spec.policy)
     return result, indices
 
 

@@ -13,6 +13,7 @@ import pandas as pd
 from medtransfer.evaluate import LOWER_IS_BETTER
 from medtransfer.report.comparisons import COLUMNS, compare, with_holm
 from medtransfer.report.coverage import finished_runs
+from medtransfer.report.integrity import grid_axes, with_axes
 
 BEST = "best member"
 
@@ -37,15 +38,17 @@ def fusion_table(rows: pd.DataFrame, metric: str) -> pd.DataFrame:
         return pd.DataFrame(columns=COLUMNS)
     done = done[done[column].notna()]
     lower = metric in LOWER_IS_BETTER
+    axes = grid_axes(done)  # e.g. a training policy: a fusion meets its members under the same one
     records = []
-    for (dataset, fraction), group in done.groupby(["dataset", "fraction"], sort=True):
+    for (dataset, fraction, *levels), group in done.groupby(["dataset", "fraction", *axes], sort=True):
         values = {key: g.set_index("seed")[column] for key, g in group.groupby(["init", "strategy"], sort=True)}
         for (init, strategy), candidate in values.items():
             if init not in fusions:
                 continue
             cells = [(m["init"], m["strategy"] or strategy) for m in fusions[init]]
             present = [cell for cell in dict.fromkeys(cells) if cell in values]
-            row = {"dataset": dataset, "fraction": fraction, "init": init, "strategy": strategy}
+            row = {"dataset": dataset, "fraction": fraction, "init": init, "strategy": strategy,
+                   **dict(zip(axes, levels))}
             records += [{**row, "baseline": "/".join(cell), **compare(candidate, values[cell], lower)}
                         for cell in present]
             if len(present) > 1:
@@ -53,4 +56,4 @@ def fusion_table(rows: pd.DataFrame, metric: str) -> pd.DataFrame:
                 best = (min if lower else max)(present, key=means.get)
                 records.append({**row, "baseline": f"{BEST}: {'/'.join(best)}",
                                 **compare(candidate, values[best], lower)})
-    return with_holm(records)
+    return with_holm(records, with_axes(COLUMNS, done))
