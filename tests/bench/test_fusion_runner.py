@@ -103,6 +103,7 @@ def test_a_misfit_member_is_refused_before_training(tmp_path, misfit, message):
      "fusion is for classification; dataset synthetic_seg2d is a segmentation task"),
     (None, {"strategies": ["warmup"], "train": {"epochs": 20}}, r"fuse\[0\] under strategies\[0\].*'warmup ?"),
     (None, {"hardware": {"executor": "ray"}}, "fusions run with hardware.executor: sequential only"),
+    (None, {"policies": ["none", {"mixup": 0.2}]}, r"fusions train without training policies; policies \['mixup"),
 ])
 def test_an_unrunnable_fusion_is_refused_by_name_before_training(tmp_path, fusion, changes, message):
     with pytest.raises(ConfigError, match=message):

@@ -40,7 +40,7 @@ def inits_to_resolve(cfg: ExperimentConfig) -> list[InitConfig]:
 
 def check_fusions(cfg: ExperimentConfig, prepared) -> None:
     """What makes a fusion unrunnable, refused before any training: a member label naming no init, segmentation,
-    the Ray executor, a strategy a member cannot train under, members trained on different input channels/sizes."""
+    training policies, the Ray executor, a strategy a member cannot train under, members trained on different input channels/sizes."""
     singles = [init.name for init in cfg.inits if not init.fuse]
     for fusion in fusions(cfg):
         where = f"inits ({fusion.name})"
@@ -48,6 +48,10 @@ def check_fusions(cfg: ExperimentConfig, prepared) -> None:
             if member.label is not None and member.label not in singles:
                 raise ConfigError(f"{where}.fuse[{k}].label: {member.label!r} is not an init of this experiment; "
                                   f"allowed: {allowed(singles)}")
+        policies = [p.label() for p in cfg.policies if not p.is_none]
+        if policies:  # a fusion trains through its own loop, which applies no training policy
+            raise ConfigError(f"{where}: fusions train without training policies; policies {policies} would label "
+                              "runs they never acted on (run the fusion in an experiment with policies: [none])")
         if cfg.hardware.executor != "sequential":
             raise ConfigError(f"{where}: fusions run with hardware.executor: sequential only, not "
                               f"{cfg.hardware.executor!r}")

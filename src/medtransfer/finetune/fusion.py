@@ -32,6 +32,7 @@ from medtransfer.errors import ConfigError
 from medtransfer.finetune.features import FeatureSpec, cached_features
 from medtransfer.finetune.frozen import _feature_set, _Passthrough, _refusal
 from medtransfer.finetune.module import FineTuner
+from medtransfer.finetune.policies.training import NO_POLICY
 from medtransfer.finetune.strategies import Strategy, parse_strategy
 from medtransfer.finetune.strategies.base import trainable
 from medtransfer.finetune.strategies.knn import KNN
@@ -119,7 +120,7 @@ def fine_tune_fusion(data: ImageDataset, train_indices: np.ndarray, members: lis
     fusion = FusionStrategy(strategies)
     monitor, eval_batch = resolve_monitor(train, data.task), max(train.batch_size, 256)
     if all(s.frozen_backbone for s in strategies) and _refusal(strategies[0], train, hardware,
-                                                                 frozen_features) is None:
+                                                                 frozen_features, NO_POLICY) is None:
         start = time.perf_counter()
         with torch.random.fork_rng(devices=range(torch.cuda.device_count())):  # the head's RNG must not move
             joined = _member_features(data, members, normalisations, input_size, view, channels_last,
