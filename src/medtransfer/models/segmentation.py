@@ -45,19 +45,14 @@ class Pyramid:
     sizes: tuple[tuple[int, ...], ...]  # map sizes at the backbone's input size
 
     @classmethod
-    @torch.no_grad()
     def of(cls, backbone: Backbone) -> "Pyramid":
-        was_training = backbone.training
-        backbone.eval()
-        maps = backbone.feature_maps(torch.zeros(1, backbone.in_chans, *backbone.input_size))
-        backbone.train(was_training)
-        levels = [round(math.log2(backbone.input_size[0] / m.shape[2])) for m in maps]
+        maps = backbone.map_shapes
+        levels = [round(math.log2(backbone.input_size[0] / size[0])) for _, size in maps]
         deepest = {level: i for i, level in enumerate(levels)}  # later (deeper) maps win at a shared level
         deepest.setdefault(0, INPUT)
         sources = tuple(deepest.get(k) for k in range(max(levels) + 1))
-        channels = tuple(backbone.in_chans if s == INPUT else 0 if s is None else int(maps[s].shape[1])
-                         for s in sources)
-        sizes = tuple(tuple(backbone.input_size) if s == INPUT else () if s is None else tuple(maps[s].shape[2:])
+        channels = tuple(backbone.in_chans if s == INPUT else 0 if s is None else maps[s][0] for s in sources)
+        sizes = tuple(tuple(backbone.input_size) if s == INPUT else () if s is None else maps[s][1]
                       for s in sources)
         return cls(sources, channels, sizes)
 

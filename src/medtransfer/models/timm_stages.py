@@ -118,7 +118,8 @@ class TimmStagesBackbone(Backbone):
         self._dense = {s.name for s, kind in zip(steps, kinds) if kind == "dense"}
         self.first_conv = model.pretrained_cfg["first_conv"] + ".weight"
         self.channels_last_maps = getattr(model, "output_fmt", "NCHW") == "NHWC"  # Swin: (B, H, W, C) stages
-        if self.channels_last_maps:
+        # attention blocks (timm's Attention, WindowAttention, ...) make it a transformer: no SparK, no CNN decoders
+        if any(type(m).__name__.endswith("Attention") for m in model.modules()):
             self.family = "hierarchical_vit"
         self.full_depth = True
         super().__init__(name, model, steps, spatial_dims, in_chans, input_size, small_stem)

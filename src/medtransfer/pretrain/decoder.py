@@ -34,16 +34,6 @@ def resize(x: torch.Tensor, size) -> torch.Tensor:
     return x if tuple(x.shape[2:]) == size else F.interpolate(x, size=size, mode="nearest")
 
 
-@torch.no_grad()
-def stage_channels(backbone: Backbone) -> list[int]:
-    """Channels of each map ``feature_maps`` returns (probed once on zeros, in eval mode)."""
-    was_training = backbone.training
-    backbone.eval()
-    maps = backbone.feature_maps(torch.zeros(2, backbone.in_chans, *backbone.input_size))
-    backbone.train(was_training)
-    return [int(m.shape[1]) for m in maps]
-
-
 class UNetDecoder(nn.Module):
     """Deepest map -> input resolution through one (upsample, concat skip, conv block) per shallower stage."""
 
@@ -60,7 +50,7 @@ class UNetDecoder(nn.Module):
 
     @classmethod
     def for_backbone(cls, backbone: Backbone, **kwargs) -> "UNetDecoder":
-        return cls(backbone.spatial_dims, stage_channels(backbone), backbone.in_chans, **kwargs)
+        return cls(backbone.spatial_dims, [c for c, _ in backbone.map_shapes], backbone.in_chans, **kwargs)
 
     def forward(self, maps: list[torch.Tensor], out_size) -> torch.Tensor:
         x = self.bottom(maps[-1])

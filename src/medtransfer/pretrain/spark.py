@@ -25,7 +25,6 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from medtransfer.models.backbones import Backbone
 from medtransfer.pretrain.base import BaseMethod, MethodOptions
 from medtransfer.pretrain.decoder import UNetDecoder, resize
 
@@ -34,15 +33,6 @@ class SparKOptions(MethodOptions):
     mask_ratio: float = Field(0.6, gt=0, lt=1)  # Tian et al. 2023, default mask ratio
     decoder_max_width: int = Field(256, ge=8)
     norm_eps: float = Field(1e-6, gt=0)  # per-patch target normalisation (as in MAE's norm_pix_loss)
-
-
-@torch.no_grad()
-def _probe_maps(backbone: Backbone) -> list[tuple[int, tuple[int, ...]]]:
-    was_training = backbone.training
-    backbone.eval()
-    maps = backbone.feature_maps(torch.zeros(2, backbone.in_chans, *backbone.input_size))
-    backbone.train(was_training)
-    return [(int(m.shape[1]), tuple(int(s) for s in m.shape[2:])) for m in maps]
 
 
 def patchify(x: torch.Tensor, patch: tuple[int, ...]) -> torch.Tensor:
@@ -73,14 +63,17 @@ class SparK(BaseMethod):
     Options = SparKOptions
     family = "restorative"
     spatial_dims = (2, 3)
-    backbone_families = ("resnet",)
+    backbone_families = ("resnet", "cnn")
 
     @classmethod
     def unsupported(cls, backbone):
+        if backbone.family in ("vit", "hierarchical_vit"):
+            return (f"re-masks convolutional stage maps; {backbone.name} is a transformer ({backbone.family}): "
+                    "use method 'mae' (plain ViTs) for masked image modelling")
         problem = super().unsupported(backbone)
         if problem:
             return problem
-        maps = _probe_maps(backbone)
+        maps = backbone.map_shapes
         grid = maps[-1][1]
         sizes = [tuple(backbone.input_size)] + [size for _, size in maps]
         if any(s % g for size in sizes for s, g in zip(size, grid)):
@@ -90,7 +83,7 @@ class SparK(BaseMethod):
 
     def __init__(self, backbone, options: SparKOptions, **kwargs):
         super().__init__(backbone, options, **kwargs)
-        maps = _probe_maps(backbone)
+        maps = backbone.map_shapes
         self.grid = maps[-1][1]
         self.patch = tuple(s // g for s, g in zip(backbone.input_size, self.grid))
         shape = (1,) * backbone.spatial_dims
