@@ -49,6 +49,14 @@ def _timm_sized(name: str, **kwargs):
     return build
 
 
+def _efficientnet_tiny(in_chans, input_size, small_stem):
+    # B0's seven block groups (two of them not tapped by feature_info) at a quarter of the width and half the depth
+    from timm.models.efficientnet import _gen_efficientnet
+
+    return _gen_efficientnet("efficientnet_b0", channel_multiplier=0.25, depth_multiplier=0.5, pretrained=False,
+                             num_classes=0, in_chans=in_chans)
+
+
 def _resnet_tiny(in_chans, input_size, small_stem):
     model = ResNet(BasicBlock, [1, 1, 1, 1], channels=(16, 32, 64, 128), num_classes=0, in_chans=in_chans)
     # timm's plain stem is always 64 wide; a 16-wide stem keeps this test/demo network genuinely tiny.
@@ -152,8 +160,8 @@ BACKBONES: dict[str, BackboneSpec] = {
                                   2, "DenseNet-121 layout, 2 layers per block, growth 8, for tests"),
     "convnext_micro": BackboneSpec(_timm("convnext_atto", depths=(1, 1, 2, 1), dims=(8, 16, 32, 64)),
                                    TimmStagesBackbone, 2, "ConvNeXt layout (8-64 ch) for tests"),
-    "efficientnet_tiny": BackboneSpec(_timm("test_efficientnet"), TimmStagesBackbone, 2,
-                                      "timm's test EfficientNet (16-64 ch) for tests"),
+    "efficientnet_tiny": BackboneSpec(_efficientnet_tiny, TimmStagesBackbone, 2,
+                                      "EfficientNet-B0 layout at 1/4 width, 1/2 depth, for tests"),
     "regnet_tiny": BackboneSpec(_timm("regnety_002", depth=6, w0=8, wa=8, wm=2.0, group_size=8, stem_width=8),
                                 TimmStagesBackbone, 2, "RegNetY layout (8-64 ch) for tests"),
     "swin_micro": BackboneSpec(_timm_sized("swin_tiny_patch4_window7_224", embed_dim=8, depths=(1, 1, 2, 1),
