@@ -147,7 +147,8 @@ def test_first_conv_adapts_to_one_and_three_channels(name):
 
 
 @pytest.mark.parametrize("name, method", [("swin_micro", "simclr"), ("densenet_tiny", "rotation"),
-                                          ("convnext_micro", "models_genesis"), ("efficientnet_tiny", "spark"),
+                                          ("convnext_micro", "models_genesis"), ("convnext_micro", "jigsaw"),
+                                          ("efficientnet_tiny", "spark"),
                                           ("regnet_tiny", "spark")])
 def test_ssl_methods_train_on_the_families_they_serve(name, method):
     backbone = build(name, size=64)
