@@ -182,3 +182,14 @@ def test_describe_prints_units_with_depth_and_shares(capsys):
     assert "view 'stage' (default)" in out and "view 'block'" in out
     assert "features.denselayer" not in out and "features.denseblock4.denselayer2" in out
     assert "75%-100%" in out and "%" in out.splitlines()[-1]
+
+
+def test_weights_of_a_classifier_at_another_input_size_load_through_timms_filter():
+    """A timm Swin saved at 64 px (other attention windows) with its classifier loads into a 32 px, 1-channel one."""
+    source = timm.create_model("swin_tiny_patch4_window7_224", img_size=64, embed_dim=8, depths=(1, 1, 2, 1),
+                               num_heads=(1, 1, 1, 1), window_size=2, num_classes=4)
+    target = build("swin_micro")
+    report = load_backbone_weights(target, source.state_dict(), "swin at 64 px")
+    assert report["ignored"] == ["head.fc.bias", "head.fc.weight"]
+    torch.testing.assert_close(target.model.state_dict()["layers.2.blocks.1.mlp.fc1.weight"],
+                               source.state_dict()["layers.2.blocks.1.mlp.fc1.weight"])

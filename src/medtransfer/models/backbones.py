@@ -64,6 +64,10 @@ class Backbone(nn.Module):
         """A step output as a (B, C, *spatial) map; token sequences override this."""
         return x
 
+    def adapt_state_dict(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Weights of this architecture saved for another input size, made to fit this one (default: as they are)."""
+        return state
+
     @property
     def views(self) -> dict[str, list[list[int]]]:
         """Unit conventions: every view partitions all step indices, in order."""

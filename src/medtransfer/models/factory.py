@@ -240,6 +240,8 @@ def create_backbone(name: str, in_chans: int, input_size: tuple[int, ...] | int,
         _cifar_stem(model, in_chans, name)
     try:
         return spec.wrapper(name, model, spec.spatial_dims, in_chans, input_size, small_stem)
+    except ConfigError:
+        raise
     except (RuntimeError, ValueError) as err:
         raise ConfigError(f"input size {input_size} is too small for backbone {name!r} ({err}); resize the data "
                           "or pick a backbone that downsamples less") from err

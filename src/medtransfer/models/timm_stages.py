@@ -19,6 +19,8 @@ whose forward is not this sequence is refused by name instead of silently comput
 
 from __future__ import annotations
 
+import sys
+
 import torch
 from timm.models._features import _module_list
 from timm.models.densenet import DenseBlock
@@ -27,6 +29,8 @@ from torch import nn
 from medtransfer.errors import ConfigError
 from medtransfer.models.backbones import Backbone, Step
 
+_SUPPORTED = ("allowed: ResNets, ViTs, and timm CNNs or hierarchical ViTs whose forward runs their stage modules in "
+              "order (DenseNet, ConvNeXt, EfficientNet, MobileNet, RegNet, Swin, ...)")
 HEAD_STARTS = ("global_pool",)  # plus the classifier's top-level module, from ``pretrained_cfg['classifier']``
 
 
@@ -67,7 +71,7 @@ def timm_steps(model: nn.Module) -> tuple[list[Step], list[str], tuple[str, ...]
     missing = [m for m in stages if m not in order]
     if missing:
         raise ConfigError(f"backbone.name: {type(model).__name__}'s stage modules {missing} are not in its forward "
-                          "order; this timm family is not supported")
+                          f"order; {_SUPPORTED}")
     pieces: list[tuple[str, str, int]] = []  # (module name, kind, stage)
     last = max(stages.values())
     for name, module in ((n, m) for _, n, m in items[:cut]):
@@ -107,6 +111,17 @@ def _merge_glue(pieces: list[tuple[str, str, int]]) -> tuple[list[Step], list[st
     return steps, kinds
 
 
+@torch.no_grad()
+def _eval_forward(module: nn.Module, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``module(x)`` with ``model`` in eval mode (so no BatchNorm statistics move), its mode restored after."""
+    was_training = model.training
+    model.eval()
+    try:
+        return module(x)
+    finally:
+        model.train(was_training)
+
+
 class TimmStagesBackbone(Backbone):
     """A timm CNN or hierarchical ViT split into stem, blocks and tail by ``timm_steps``; stage and block views."""
 
@@ -122,8 +137,17 @@ class TimmStagesBackbone(Backbone):
         if any(type(m).__name__.endswith("Attention") for m in model.modules()):
             self.family = "hierarchical_vit"
         self.full_depth = True
-        super().__init__(name, model, steps, spatial_dims, in_chans, input_size, small_stem)
-        self._check_forward()
+        x = torch.rand(1, in_chans, *input_size, generator=torch.Generator().manual_seed(0))
+        expected = _eval_forward(model, model, x)  # fails here only when the input is too small for the network
+        try:
+            super().__init__(name, model, steps, spatial_dims, in_chans, input_size, small_stem)
+            ours = _eval_forward(self, model, x)
+        except (RuntimeError, ValueError, TypeError, AssertionError) as err:
+            raise ConfigError(f"backbone.name: {name!r} does not run as a sequence of its timm stages and blocks "
+                              f"({type(err).__name__}: {err}); {_SUPPORTED}") from err
+        if ours.shape != expected.shape or not torch.allclose(ours, expected, rtol=1e-4, atol=1e-5):
+            raise ConfigError(f"backbone.name: {name!r} does not run as a sequence of its timm stages and blocks "
+                              f"(its forward does more); {_SUPPORTED}")
 
     def run_step(self, step, x):
         if len(step.prefixes) > 1:
@@ -144,6 +168,12 @@ class TimmStagesBackbone(Backbone):
 
     def to_map(self, x):
         return x.permute(0, 3, 1, 2) if self.channels_last_maps and x.ndim == 4 else x
+
+    def adapt_state_dict(self, state):
+        """timm's own ``checkpoint_filter_fn`` of the family where it has one: e.g. Swin's relative-position tables
+        resized to this input size's windows, its non-persistent buffers dropped."""
+        adapt = getattr(sys.modules[type(self.model).__module__], "checkpoint_filter_fn", None)
+        return adapt(state, self.model) if adapt is not None else state
 
     def truncate(self, n_steps):
         super().truncate(n_steps)
@@ -170,16 +200,3 @@ class TimmStagesBackbone(Backbone):
             else:
                 blocks.append(pending)
         return {"stage": self._group_by_stage(join_stem=True), "block": blocks}
-
-    @torch.no_grad()
-    def _check_forward(self) -> None:
-        """The steps must compute what the network computes, else this family's forward is not a plain sequence."""
-        was_training = self.training
-        self.eval()
-        x = torch.rand(1, self.in_chans, *self.input_size, generator=torch.Generator().manual_seed(0))
-        ours, theirs = self(x), self.model(x)
-        self.train(was_training)
-        if ours.shape != theirs.shape or not torch.allclose(ours, theirs, rtol=1e-4, atol=1e-5):
-            raise ConfigError(f"backbone.name: {self.name!r} does not run as a sequence of its timm stages and blocks "
-                              "(its forward does more); allowed: ResNets, ViTs, and timm CNNs or hierarchical ViTs "
-                              "whose forward is their stage modules in order")
