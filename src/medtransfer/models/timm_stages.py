@@ -104,7 +104,7 @@ def _merge_glue(pieces: list[tuple[str, str, int]]) -> tuple[list[Step], list[st
     for name, kind, stage in pieces:
         if kind == "glue" and kinds and kinds[-1] == "glue" and steps[-1].stage == stage:
             prev = steps[-1]
-            steps[-1] = Step(prev.name.split("..")[0] + ".." + name, prev.prefixes + (name,), stage)
+            steps[-1] = Step(f"{prev.name}+{name}", prev.prefixes + (name,), stage)
         else:
             steps.append(Step(name, (name,), stage))
             kinds.append(kind)
