@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from medtransfer.pretrain.base import BaseMethod
-from medtransfer.pretrain.decoder import UNetDecoder
+from medtransfer.models.decoders import UNetDecoder
 
 
 class RestorationMethod(BaseMethod):

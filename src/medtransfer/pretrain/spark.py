@@ -6,7 +6,7 @@
   of the normalised input and of every backbone step's output at that step's resolution, so masked content never
   reaches a visible position and masked positions stay empty after every step (no "mask pattern vanishing").
 * "Densify": at each stage map a learned per-scale mask token fills the masked positions before the light U-Net
-  decoder (``decoder.py``) upsamples back to the input resolution.
+  decoder (``models/decoders.py``) upsamples back to the input resolution.
 * Loss: MSE on the masked patches only, against per-patch-normalised targets (mean/std over each patch's pixels and
   channels, eps 1e-6 inside the square root, as in SparK/MAE).
 
@@ -26,7 +26,7 @@ from pydantic import Field
 from torch import nn
 
 from medtransfer.pretrain.base import BaseMethod, MethodOptions
-from medtransfer.pretrain.decoder import UNetDecoder, resize
+from medtransfer.models.decoders import UNetDecoder, resize
 
 
 class SparKOptions(MethodOptions):
