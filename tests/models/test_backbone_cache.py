@@ -31,7 +31,8 @@ def check_against_a_run(backbone):
             assert tuple(x.shape[1:]) == backbone.step_output_shape(i)
     named = [n for n, _ in backbone.model.named_parameters()]
     for view in backbone.views:
-        by_prefix = [[n for n in named if any(owns(p, n) for p in prefixes)] for prefixes in backbone.unit_prefixes(view)]
+        by_prefix = [[n for n in named if any(owns(p, n) for p in prefixes)]
+                     for prefixes in backbone.unit_prefixes(view)]
         assert backbone.unit_parameter_names(view) == by_prefix, view  # same members, same (optimiser) order
 
 

@@ -163,7 +163,7 @@ def test_ssl_methods_train_on_the_families_they_serve(name, method):
 
 @pytest.mark.parametrize("name, method, reason", [("swin_micro", "spark", "use method 'mae'"),
                                                   ("vit_micro", "spark", "use method 'mae'"),
-                                                  ("swin_micro", "models_genesis", "needs a resnet or unet_encoder or cnn"),
+                                                  ("swin_micro", "models_genesis", "needs a resnet or unet_encoder"),
                                                   ("densenet_tiny", "mae", "needs a vit backbone")])
 def test_methods_refuse_families_they_cannot_serve_by_name(name, method, reason):
     assert reason in METHODS[method].unsupported(build(name))

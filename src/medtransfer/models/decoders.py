@@ -78,7 +78,7 @@ class UNetDecoder3D(UpConcatDecoder):
     conv-norm-act layers (``UnetBasicBlock``, instance norm as in MONAI's 3D U-Nets)."""
 
     def __init__(self, encoder_channels: list[int], decoder_channels: list[int]):
-        from monai.networks.blocks import UnetBasicBlock  # MONAI costs seconds to import; 2D pre-training never needs it
+        from monai.networks.blocks import UnetBasicBlock  # MONAI takes seconds to import; 2D never needs it
 
         super().__init__()
         skips = list(encoder_channels[1:])[::-1]
