@@ -129,10 +129,10 @@ def _report(args) -> int:
 
 def _describe(args) -> int:
     from medtransfer.models.depth import describe_units
-    from medtransfer.models.factory import backbone_spec, create_backbone
+    from medtransfer.models.factory import backbone_spec, create_backbone, default_input_size
 
     spec = backbone_spec(args.backbone)
-    size = args.input_size or (224 if spec.spatial_dims == 2 else 64)
+    size = args.input_size or default_input_size(args.backbone)
     backbone = create_backbone(args.backbone, args.in_chans, size, small_stem=args.small_stem)
     views = [args.view] if args.view else list(backbone.views)
     total = sum(p.numel() for p in backbone.parameters())
@@ -140,9 +140,9 @@ def _describe(args) -> int:
           f"input {backbone.in_chans}x{'x'.join(map(str, backbone.input_size))}")
     for view in views:
         print(f"\nview '{view}'" + (" (default)" if view == backbone.default_view else ""))
-        print(f"{'unit':>4}  {'quarter':<7} {'depth':<9} {'steps':<24} {'out ch':>6} {'params':>12} {'share':>6}")
+        print(f"{'unit':>4}  {'quarter':<7} {'depth':<9} {'steps':<40} {'out ch':>6} {'params':>12} {'share':>6}")
         for row in describe_units(backbone, view):
-            print(f"{row['unit']:>4}  {row['quarter']:<7} {row['depth']:<9} {row['steps']:<24} {row['channels']:>6} "
+            print(f"{row['unit']:>4}  {row['quarter']:<7} {row['depth']:<9} {row['steps']:<40} {row['channels']:>6} "
                   f"{row['params']:>12,} {row['param_share']:>6.1%}")
     return 0
 
@@ -156,7 +156,7 @@ def _list(args) -> int:
 
     print("datasets:   " + ", ".join(DATASETS))
     print("backbones:  " + ", ".join(f"{n} ({s.spatial_dims}D)" for n, s in BACKBONES.items())
-          + ", or any timm ResNet/ViT name")
+          + ", or any timm model name with features_only")
     print("strategies: " + ", ".join(list(STRATEGIES) + list(QUARTER_SHORTHANDS)))
     print("methods:    " + ", ".join(METHODS))
     print("metrics:    " + ", ".join(METRICS) + "; segmentation: " + ", ".join(SEGMENTATION_METRICS))

@@ -15,6 +15,7 @@ frozen phase ends mid-run, always trains on images. ``knn`` needs no training: i
 from __future__ import annotations
 
 import logging
+import math
 import time
 from pathlib import Path
 
@@ -32,7 +33,7 @@ from medtransfer.finetune.module import FineTuner
 from medtransfer.finetune.policies import TrainingPolicy
 from medtransfer.finetune.strategies import Strategy
 from medtransfer.finetune.strategies.knn import KNN
-from medtransfer.models.backbones import Backbone, owns
+from medtransfer.models.backbones import Backbone
 from medtransfer.models.heads import Classifier
 
 log = logging.getLogger(__name__)
@@ -73,9 +74,8 @@ def frozen_prefix(strategy: Strategy, backbone: Backbone) -> int:
     """How many leading steps stay frozen for the whole run (0 where a strategy changes freezing mid-run)."""
     if strategy.freezing_changes:
         return 0
-    params = list(backbone.model.named_parameters())
-    for n, step in enumerate(backbone.steps):
-        if any(p.requires_grad for name, p in params if any(owns(pre, name) for pre in step.prefixes)):
+    for n in range(len(backbone.steps)):
+        if any(backbone.model.get_parameter(name).requires_grad for name in backbone.step_parameter_names(n)):
             return n
     return len(backbone.steps)
 
@@ -103,15 +103,9 @@ def _refusal(strategy: Strategy, train: TrainConfig, hardware: HardwareConfig, w
     return None
 
 
-@torch.no_grad()
 def _prefix_bytes(backbone: Backbone, steps: int, n_images: int) -> int:
-    """float32 bytes of the prefix's output for ``n_images``, measured on one blank image."""
-    was_training = backbone.training
-    x = torch.zeros(1, backbone.in_chans, *backbone.input_size)
-    for step in backbone.eval().steps[:steps]:
-        x = backbone.run_step(step, x)
-    backbone.train(was_training)
-    return x.numel() * 4 * n_images
+    """float32 bytes of the prefix's output for ``n_images``."""
+    return math.prod(backbone.step_output_shape(steps - 1)) * 4 * n_images
 
 
 class _AfterPrefix(nn.Module):
