@@ -28,8 +28,9 @@ from torch import nn
 from medtransfer.errors import ConfigError, allowed
 from medtransfer.models.backbones import Backbone
 from medtransfer.models.heads import hold_frozen_batchnorm
+from medtransfer.models.monai3d_decoders import FAMILIES as NATIVE_DECODERS, native_decoder
 
-DECODERS = ("unet", "fpn")
+DECODERS = ("unet", "fpn", "swin_unetr", "segresnet")  # the last two: MONAI's own, for those 3D encoders
 MIN_WIDTH, MAX_WIDTH = 16, 256  # decoder widths follow the encoder's, within these bounds (smp's 256..16 default)
 
 
@@ -117,7 +118,9 @@ class SegmentationModel(nn.Module):
             raise ConfigError(f"train.segmentation.decoder: {decoder!r} is unknown; allowed: {allowed(DECODERS)}")
         self.backbone = backbone
         self.pyramid = Pyramid.of(backbone)
-        if decoder == "fpn":
+        if decoder in NATIVE_DECODERS:
+            self.head = native_decoder(backbone, self.pyramid, num_outputs, decoder)
+        elif decoder == "fpn":
             self.head = _fpn(backbone, self.pyramid, num_outputs)
         else:
             widths = self.pyramid.decoder_widths()

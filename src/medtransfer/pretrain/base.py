@@ -30,7 +30,7 @@ class BaseMethod(nn.Module):
     Options: type[MethodOptions] = MethodOptions
     family = "contrastive"  # contrastive | restorative | predictive | multi: decides which depth ranges to try later
     spatial_dims: tuple[int, ...] = (2, 3)
-    backbone_families: tuple[str, ...] = ("resnet", "vit", "unet_encoder")
+    backbone_families: tuple[str, ...] = ("resnet", "vit", "unet_encoder", "swin_unetr", "segresnet")
     needs_labels = False  # True: ``ssl_loss(images, labels)`` receives the training labels (supervised method)
 
     @classmethod

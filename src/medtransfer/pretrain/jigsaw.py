@@ -128,7 +128,7 @@ class Jigsaw(BaseMethod):
     Options = JigsawOptions
     family = "predictive"
     spatial_dims = (2, 3)
-    backbone_families = ("resnet", "vit", "unet_encoder")
+    backbone_families = ("resnet", "vit", "unet_encoder", "swin_unetr", "segresnet")
 
     def __init__(self, backbone, options: JigsawOptions, **kwargs):
         super().__init__(backbone, options, **kwargs)

@@ -15,7 +15,7 @@ class RestorationMethod(BaseMethod):
 
     family = "restorative"
     spatial_dims = (2, 3)
-    backbone_families = ("resnet", "unet_encoder")
+    backbone_families = ("resnet", "unet_encoder", "swin_unetr", "segresnet")
 
     def __init__(self, backbone, options, **kwargs):
         super().__init__(backbone, options, **kwargs)

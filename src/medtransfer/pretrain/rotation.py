@@ -65,7 +65,7 @@ class Rotation(BaseMethod):
     Options = RotationOptions
     family = "predictive"
     spatial_dims = (2, 3)
-    backbone_families = ("resnet", "vit", "unet_encoder")
+    backbone_families = ("resnet", "vit", "unet_encoder", "swin_unetr", "segresnet")
 
     @classmethod
     def unsupported(cls, backbone):
