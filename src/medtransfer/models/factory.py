@@ -155,7 +155,7 @@ BACKBONES: dict[str, BackboneSpec] = {
     "genesis_tiny_3d": BackboneSpec(_genesis_encoder(4), UNetEncoderBackbone, 3,
                                     "Models Genesis encoder layout (4-64 ch) for tests"),
     "swin_unetr": BackboneSpec(SwinConfig().build, SwinViTBackbone, 3,
-                               "MONAI Swin UNETR encoder (SwinViT, 48-768 ch, 2-2-2-2 blocks): the SSL weights'"),
+                               "MONAI Swin UNETR encoder (SwinViT, 48-768 ch, 2-2-2-2 blocks), as its SSL weights"),
     "swin_unetr_v2": BackboneSpec(SwinConfig(use_v2=True).build, SwinViTBackbone, 3,
                                   "MONAI Swin UNETR v2 encoder (a residual conv block before each Swin stage)"),
     "swin_unetr_tiny": BackboneSpec(SwinConfig(12, (1, 1, 1, 1), (1, 2, 4, 8), 4).build, SwinViTBackbone, 3,
