@@ -28,7 +28,7 @@ STAGES = {"swin_unetr_tiny": [("patch_embed", "layers1"), ("layers2",), ("layers
 def v2_tiny(monkeypatch):
     """Swin UNETR v2 (a residual conv block before each stage) at the tiny test size, for these tests only."""
     monkeypatch.setitem(BACKBONES, "swin_unetr_v2_tiny", BackboneSpec(
-        SwinConfig(12, (1, 1, 1, 1), (1, 2, 4, 8), 4, use_v2=True).build, SwinViTBackbone, 3, "v2 for tests"))
+        SwinConfig(12, (2, 2, 2, 2), (1, 2, 4, 8), 4, use_v2=True).build, SwinViTBackbone, 3, "v2 for tests"))
 
 
 def params_under(backbone, prefixes):
@@ -73,6 +73,17 @@ def test_units_cover_every_parameter_once_and_quarters_are_the_stages(name):
     assert sum(r["params"] for r in rows) == sum(p.numel() for p in backbone.model.parameters())
 
 
+def test_swin_block_view_has_one_unit_per_swin_block():
+    backbone = create_backbone("swin_unetr_v2_tiny", 1, 32)  # 2-2-2-2 blocks
+    assert len(backbone.view("stage")) == 4 and len(backbone.view("block")) == 8
+    first, second, third = backbone.unit_prefixes("block")[:3]
+    assert first == ("patch_embed", "pos_drop", "layers1c", "layers1.0.blocks.0")  # v2's conv block joins block 0
+    assert second == ("layers1.0.blocks.1", "layers1.0.downsample")  # the patch merging joins the stage's last block
+    assert third == ("layers2c", "layers2.0.blocks.0")
+    for q in range(4):  # aligned: two blocks per quarter
+        assert DepthRange.parse(f"q{q + 1}").select(8) == [2 * q, 2 * q + 1]
+
+
 def test_segresnet_block_view_has_one_unit_per_resblock():
     backbone = create_backbone("segresnet", 1, 32)  # MONAI's default 1-2-2-4 blocks
     assert len(backbone.view("stage")) == 4 and len(backbone.view("block")) == 9
@@ -81,13 +92,16 @@ def test_segresnet_block_view_has_one_unit_per_resblock():
     assert second == ("down_layers.1.0", "down_layers.1.1")  # the stride-2 entry conv joins its stage's first block
 
 
-@pytest.mark.parametrize("name, widths", [("swin_unetr_tiny", [24, 48, 96, 192]),
-                                          ("segresnet_tiny", [8, 16, 32, 64])])
-def test_truncation_at_each_unit_boundary_gives_a_working_classifier(name, widths):
+@pytest.mark.parametrize("name, view, widths", [
+    ("swin_unetr_tiny", "stage", [24, 48, 96, 192]),
+    ("swin_unetr_tiny", "block", [12, 24, 24, 48, 48, 96, 96, 192]),  # a stage merges patches after its last block
+    ("segresnet_tiny", "stage", [8, 16, 32, 64]),
+])
+def test_truncation_at_each_unit_boundary_gives_a_working_classifier(name, view, widths):
     for units, width in enumerate(widths, start=1):
         backbone = create_backbone(name, 1, 32)
-        dropped = set().union(*[params_under(backbone, p) for p in backbone.unit_prefixes("stage")[units:]])
-        parse_strategy({"name": "truncate", "keep": f"0-{units / 4}"}).prepare(backbone, "stage")
+        dropped = set().union(*[params_under(backbone, p) for p in backbone.unit_prefixes(view)[units:]])
+        parse_strategy({"name": "truncate", "keep": f"0-{units / len(widths)}"}).prepare(backbone, view)
         assert backbone.num_features == width
         assert not dropped & {n for n, _ in backbone.model.named_parameters()}
         model = Classifier(backbone, num_outputs=3)
@@ -116,11 +130,14 @@ def test_describe_swin_unetr_prints_its_stage_units(capsys):
     assert main(["describe", "swin_unetr", "--in-chans", "1", "--input-size", "32"]) == 0
     out = capsys.readouterr().out
     assert "swin_unetr: MONAI Swin UNETR encoder" in out and "input 1x32x32x32" in out
-    rows = [line.split() for line in out.splitlines() if line.strip()[:1].isdigit()]
-    assert [r[3] for r in rows] == ["patch_embed", "layers2", "layers3", "layers4"]
+    stage, block = out.split("view 'block'")
+    rows = [line.split() for line in stage.splitlines() if line.strip()[:1].isdigit()]
+    assert [r[3:6] for r in rows] == [["patch_embed", "..", "layers1.1"], ["layers2.0", "..", "layers2.1"],
+                                      ["layers3.0", "..", "layers3.1"], ["layers4.0", "..", "layers4.1"]]
     assert [r[1] for r in rows] == ["q1", "q2", "q3", "q4"]
-    assert [int(r[-3]) for r in rows[1:]] == [192, 384, 768]  # output channels: 48 features doubled per stage
+    assert [int(r[-3]) for r in rows] == [96, 192, 384, 768]  # output channels: 48 features doubled per stage
     assert sum(float(r[-1].rstrip("%")) for r in rows) == pytest.approx(100, abs=0.3)
+    assert len([line for line in block.splitlines() if line.strip()[:1].isdigit()]) == 8
 
 
 # --- segmentation ----------------------------------------------------------------------------------------------------
@@ -129,7 +146,7 @@ SIZE = (64, 64, 32)  # Swin UNETR's decoder needs sizes divisible by 32 and more
 
 def test_swin_unetr_decoder_is_monais_swin_unetr_around_the_backbone():
     torch.manual_seed(0)
-    net = SwinUNETR(in_channels=2, out_channels=3, feature_size=12, depths=(1, 1, 1, 1), num_heads=(1, 2, 4, 8),
+    net = SwinUNETR(in_channels=2, out_channels=3, feature_size=12, depths=(2, 2, 2, 2), num_heads=(1, 2, 4, 8),
                     window_size=4).eval()
     model = SegmentationModel(create_backbone("swin_unetr_tiny", 2, SIZE), 3, "swin_unetr").eval()
     state = net.state_dict()

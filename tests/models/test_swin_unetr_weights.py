@@ -17,13 +17,13 @@ from medtransfer.models.factory import create_backbone
 from medtransfer.models.readers import flatten_source, read_source
 from medtransfer.models.zoo import ZOO, import_file, load_foreign
 
-TINY = dict(feature_size=12, depths=(1, 1, 1, 1), num_heads=(1, 2, 4, 8), window_size=4)
+TINY = dict(feature_size=12, depths=(2, 2, 2, 2), num_heads=(1, 2, 4, 8), window_size=4)
 BLOCK_KEYS = ("norm1.weight", "norm1.bias", "attn.relative_position_bias_table", "attn.relative_position_index",
               "attn.qkv.weight", "attn.qkv.bias", "attn.proj.weight", "attn.proj.bias", "norm2.weight", "norm2.bias",
               "mlp.fc1.weight", "mlp.fc1.bias", "mlp.fc2.weight", "mlp.fc2.bias")  # SwinTransformerBlock.load_from
 
 
-def released_state(depths=(1, 1, 1, 1), feature_size=12, heads=(1, 2, 4, 8), window=4, in_chans=1, seed=0):
+def released_state(depths=(2, 2, 2, 2), feature_size=12, heads=(1, 2, 4, 8), window=4, in_chans=1, seed=0):
     """model_swinvit.pt's 'state_dict': every key MONAI's loader reads, random values of the right shapes."""
     gen = torch.Generator().manual_seed(seed)
     window_tokens = (2 * window - 1) ** 3

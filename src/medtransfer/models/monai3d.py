@@ -3,18 +3,20 @@
 Both keep MONAI's own modules and parameter names, so a MONAI state dict (or the published Swin UNETR SSL weights,
 ``convert.py``) loads unchanged and a medtransfer checkpoint is a plain MONAI state dict.
 
-* Swin UNETR: one step per Swin stage (``layers1..4``, each ending in its patch merging; Swin UNETR v2's residual conv
-  block ``layersNc`` joins its stage). The patch embedding joins the first stage. Every stage output goes through
-  SwinViT's parameter-free layer norm (``proj_out``), exactly the hidden states the Swin UNETR decoder reads; pooled
-  features are the mean of the last one (the "last norm" therefore sits after the last kept stage).
+* Swin UNETR: stage view (``layers1..4``, each ending in its patch merging; Swin UNETR v2's residual conv block
+  ``layersNc`` joins its stage) and block view (one unit per Swin block). The patch embedding joins the first unit.
+  Every stage output goes through SwinViT's parameter-free layer norm (``proj_out``), exactly the hidden states the
+  Swin UNETR decoder reads; pooled features are the mean of the last one (the "last norm" therefore sits after the
+  last kept step).
 * SegResNet: ``convInit`` joins the first stage; one step per residual block, a stage's strided entry convolution
   joining its first block, so the stage view has one unit per resolution and the block view one per ResBlock.
 
-MONAI is imported inside the builders (seconds of start-up that 2D work never pays).
+MONAI is imported only where a 3D backbone is built or run (seconds of start-up that 2D work never pays).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from torch import nn
@@ -23,15 +25,19 @@ from medtransfer.models.backbones import Backbone, Step
 
 
 def _run(model: nn.Module, prefixes: tuple[str, ...], x):
-    """Apply the modules under ``prefixes`` in order; a ModuleList holds MONAI's single stage module at index 0."""
     for prefix in prefixes:
-        module = model.get_submodule(prefix)
-        x = module[0](x.contiguous()) if isinstance(module, nn.ModuleList) else module(x)
+        x = model.get_submodule(prefix)(x)
     return x
 
 
+def _channels_last(module, x, *args):
+    """Swin blocks and patch merging work on (B, D, H, W, C), as in MONAI's ``BasicLayer``; steps pass (B, C, D, H, W)."""
+    return module(x.permute(0, 2, 3, 4, 1), *args).permute(0, 4, 1, 2, 3)
+
+
 class SwinViTBackbone(Backbone):
-    """MONAI's ``SwinTransformer`` (the ``swinViT`` of ``SwinUNETR``): patch embedding + four Swin stages."""
+    """MONAI's ``SwinTransformer`` (the ``swinViT`` of ``SwinUNETR``): patch embedding, then one step per Swin block
+    (a stage's v2 conv block joins its first block, its patch merging its last)."""
 
     family = "swin_unetr"
     first_conv = "patch_embed.proj.weight"
@@ -39,18 +45,45 @@ class SwinViTBackbone(Backbone):
     def __init__(self, name, model, spatial_dims, in_chans, input_size, small_stem):
         steps = [Step("patch_embed", ("patch_embed", "pos_drop"), 0)]
         for i in range(1, model.num_layers + 1):
-            conv = (f"layers{i}c",) if model.use_v2 else ()
-            steps.append(Step(f"layers{i}", conv + (f"layers{i}",), i))
+            layer = getattr(model, f"layers{i}")[0]
+            n = len(layer.blocks)
+            for j in range(n):
+                conv = (f"layers{i}c",) if model.use_v2 and j == 0 else ()
+                merge = (f"layers{i}.0.downsample",) if j == n - 1 and layer.downsample is not None else ()
+                steps.append(Step(f"layers{i}.{j}", conv + (f"layers{i}.0.blocks.{j}",) + merge, i))
         super().__init__(name, model, steps, spatial_dims, in_chans, input_size, small_stem)
 
     def run_step(self, step, x):
-        return _run(self.model, step.prefixes, x)
+        """``BasicLayer.forward`` one block at a time: every block of a stage gets the stage's shifted-window mask."""
+        from monai.networks.nets.swin_unetr import compute_mask, get_window_size
+
+        for prefix in step.prefixes:
+            module = self.model.get_submodule(prefix)
+            if step.stage == 0:
+                x = module(x)
+            elif prefix == f"layers{step.stage}c":  # Swin UNETR v2's residual conv block, before the first block
+                x = module[0](x.contiguous())
+            elif ".blocks." in prefix:
+                layer = getattr(self.model, f"layers{step.stage}")[0]
+                size = x.shape[2:]
+                window, shift = get_window_size(size, layer.window_size, layer.shift_size)
+                padded = [math.ceil(s / w) * w for s, w in zip(size, window)]
+                x = _channels_last(module, x, compute_mask(padded, window, shift, x.device))
+            else:  # patch merging
+                x = _channels_last(module, x)
+        return x
 
     def to_map(self, x):
         return self.model.proj_out(x, normalize=True)
 
     def pool(self, x):
         return super().pool(self.to_map(x))
+
+    @property
+    def views(self):
+        blocks = [[i] for i in range(1, len(self.steps))]
+        blocks[0] = [0] + blocks[0]
+        return {"stage": self._group_by_stage(join_stem=True), "block": blocks}
 
 
 class SegResNetEncoder(nn.Module):
@@ -63,7 +96,7 @@ class SegResNetEncoder(nn.Module):
         net = SegResNet(spatial_dims=3, init_filters=init_filters, in_channels=in_chans, blocks_down=blocks_down,
                         blocks_up=(1,) * (len(blocks_down) - 1))
         self.convInit, self.down_layers = net.convInit, net.down_layers
-        self.init_filters, self.blocks_down = init_filters, tuple(blocks_down)
+        self.init_filters = init_filters  # SegResNet's decoder (monai3d_decoders.py) is built from it
 
 
 class SegResNetBackbone(Backbone):
