@@ -24,15 +24,16 @@ from torch import nn
 from medtransfer.models.backbones import Backbone, Step
 
 
-def _run(model: nn.Module, prefixes: tuple[str, ...], x):
-    for prefix in prefixes:
-        x = model.get_submodule(prefix)(x)
-    return x
-
-
 def _channels_last(module, x, *args):
-    """Swin blocks and patch merging work on (B, D, H, W, C), as in MONAI's ``BasicLayer``; steps pass (B, C, D, H, W)."""
+    """Swin blocks and patch merging take (B, D, H, W, C), as in MONAI's ``BasicLayer``; steps pass (B, C, D, H, W)."""
     return module(x.permute(0, 2, 3, 4, 1), *args).permute(0, 4, 1, 2, 3)
+
+
+def _stage_and_block_views(backbone: Backbone) -> dict[str, list[list[int]]]:
+    """One unit per stage, and one per block with the stem (patch embedding, convInit) joining the first."""
+    blocks = [[i] for i in range(1, len(backbone.steps))]
+    blocks[0] = [0] + blocks[0]
+    return {"stage": backbone._group_by_stage(join_stem=True), "block": blocks}
 
 
 class SwinViTBackbone(Backbone):
@@ -81,9 +82,7 @@ class SwinViTBackbone(Backbone):
 
     @property
     def views(self):
-        blocks = [[i] for i in range(1, len(self.steps))]
-        blocks[0] = [0] + blocks[0]
-        return {"stage": self._group_by_stage(join_stem=True), "block": blocks}
+        return _stage_and_block_views(self)
 
 
 class SegResNetEncoder(nn.Module):
@@ -114,13 +113,13 @@ class SegResNetBackbone(Backbone):
         super().__init__(name, model, steps, spatial_dims, in_chans, input_size, small_stem)
 
     def run_step(self, step, x):
-        return _run(self.model, step.prefixes, x)
+        for prefix in step.prefixes:
+            x = self.model.get_submodule(prefix)(x)
+        return x
 
     @property
     def views(self):
-        blocks = [[i] for i in range(1, len(self.steps))]
-        blocks[0] = [0] + blocks[0]
-        return {"stage": self._group_by_stage(join_stem=True), "block": blocks}
+        return _stage_and_block_views(self)
 
 
 @dataclass(frozen=True)
