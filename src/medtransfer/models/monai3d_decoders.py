@@ -16,7 +16,7 @@ from monai.networks.nets import SegResNet, SwinUNETR
 from medtransfer.errors import ConfigError
 from medtransfer.models.backbones import Backbone
 
-FAMILIES = {"swin_unetr": "swin_unetr", "segresnet": "segresnet"}  # decoder -> the backbone family it decodes
+NATIVE_DECODERS = ("swin_unetr", "segresnet")  # each named after the backbone family it decodes
 
 
 class SwinUNETRDecoder(SwinUNETR):
@@ -54,8 +54,8 @@ class SegResNetDecoder(SegResNet):
 def native_decoder(backbone: Backbone, pyramid, num_outputs: int, decoder: str) -> torch.nn.Module:
     """The ``decoder`` head for ``backbone``, or a ConfigError naming what does not fit (family, truncation, size)."""
     key = "train.segmentation.decoder"
-    if backbone.family != FAMILIES[decoder]:
-        raise ConfigError(f"{key}: {decoder!r} decodes {FAMILIES[decoder]} backbones, not {backbone.name} "
+    if backbone.family != decoder:
+        raise ConfigError(f"{key}: {decoder!r} decodes {decoder} backbones, not {backbone.name} "
                           f"({backbone.family}); use 'unet'")
     if decoder == "swin_unetr":
         # instance norm (training) needs more than one voxel in the /32 map

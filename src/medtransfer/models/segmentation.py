@@ -29,7 +29,7 @@ from torch import nn
 from medtransfer.errors import ConfigError, allowed
 from medtransfer.models.backbones import Backbone
 from medtransfer.models.heads import hold_frozen_batchnorm
-from medtransfer.models.monai3d_decoders import FAMILIES as NATIVE_DECODERS, native_decoder
+from medtransfer.models.monai3d_decoders import NATIVE_DECODERS, native_decoder
 
 DECODERS = ("unet", "fpn", "swin_unetr", "segresnet")  # the last two: MONAI's own, for those 3D encoders
 MIN_WIDTH, MAX_WIDTH = 16, 256  # decoder widths follow the encoder's, within these bounds (smp's 256..16 default)
