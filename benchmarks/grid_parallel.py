@@ -66,8 +66,11 @@ def command_line(config: dict, folder: Path, workers: int | None) -> float:
     command = [sys.executable, "-m", "medtransfer.cli", "run", str(experiment), "--output", str(folder),
                "--no-progress", *(["--workers", str(workers)] if workers else [])]
     started = time.perf_counter()
-    subprocess.run(command, check=True, capture_output=True)
-    return time.perf_counter() - started
+    done = subprocess.run(command, capture_output=True, text=True)
+    elapsed = time.perf_counter() - started
+    if done.returncode:
+        raise RuntimeError(f"{' '.join(command)} exited {done.returncode}:\n{done.stderr[-3000:]}")
+    return elapsed
 
 
 def stored(folder: Path):

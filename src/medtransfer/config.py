@@ -84,7 +84,8 @@ class BackboneConfig(Strict):
 class SegmentationConfig(Strict):
     """How segmentation datasets are trained and scored (ignored for classification)."""
 
-    decoder: Literal["unet", "fpn"] = "unet"
+    decoder: Literal["unet", "fpn", "swin_unetr", "segresnet"] = Field(
+        "unet", description="swin_unetr / segresnet: MONAI's own decoder of that 3D encoder")
     loss: Literal["dice", "dice_ce", "bce"] = Field("dice_ce", description="bce: sigmoid, 2-class datasets only")
     patch_size: Optional[Union[int, list[int]]] = Field(
         None, description="train on random patches of this size, evaluate by sliding window; null: whole images")

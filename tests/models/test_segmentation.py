@@ -80,5 +80,5 @@ def test_fpn_is_refused_where_it_cannot_work():
         SegmentationModel(truncated, 2, "fpn")
     with pytest.raises(ConfigError, match="divisible by 32"):
         SegmentationModel(create_backbone("resnet_tiny", 1, 48), 2, "fpn")
-    with pytest.raises(ConfigError, match="allowed: fpn, unet"):
+    with pytest.raises(ConfigError, match="allowed: fpn, segresnet, swin_unetr, unet"):
         SegmentationModel(create_backbone("resnet_tiny", 1, 64), 2, "deeplab")

@@ -77,9 +77,10 @@ def test_real_entries_are_consistent():
 
 
 def test_real_entries_carry_their_publishers_normalisation():
-    """SimCLR's TF code and Models Genesis feed [0, 1] as is, MedicalNet z-scores per volume (kept at 0.5 / 0.5),
-    every other entry was trained on ImageNet-normalised inputs."""
+    """SimCLR's TF code, Models Genesis and Swin UNETR's SSL feed [0, 1] as is, MedicalNet z-scores per volume (kept
+    at 0.5 / 0.5), every other entry was trained on ImageNet-normalised inputs."""
     own = {"simclr_v1": UNIT_RANGE, "simclr_v2": UNIT_RANGE, "models_genesis_chest_ct": UNIT_RANGE,
+           "swin_unetr_ssl": UNIT_RANGE,
            **{f"medicalnet_resnet{d}": DEFAULT for d in (10, 18, 50)}}
     assert {name: e.normalisation for name, e in ZOO.items()} == {name: own.get(name, IMAGENET) for name in ZOO}
 

@@ -229,6 +229,34 @@ def _models_genesis(source: dict, target: dict) -> Converted:
     return Converted(out, dict(dropped))
 
 
+_SWIN_ENCODER = re.compile(r"^(?:swinViT\.|swin_vit\.)?((?:patch_embed|layers[1-4]c?)\..+)$")
+_SWIN_DROPPED = {"SSL heads (rotation, contrastive, reconstruction)": ("rotation_", "contrastive_", "conv."),
+                 "Swin UNETR decoder": ("encoder1.", "encoder2.", "encoder3.", "encoder4.", "encoder10.", "decoder",
+                                        "out.")}
+
+
+def _swin_unetr(source: dict, target: dict) -> Converted:
+    """Swin UNETR's encoder onto MONAI's SwinViT: as released (model_swinvit.pt: 'state_dict' -> 'module.' + SwinViT
+    names, MLPs named fc1/fc2 as before MONAI renamed them linear1/linear2), as the SSL script saves it
+    ('swin_vit.' beside its heads) or inside a fine-tuned SwinUNETR ('swinViT.' beside the decoder)."""
+    out, dropped, unplaced = {}, defaultdict(list), []
+    for key, value in _strip_shared(source, ("module.",)).items():
+        match = _SWIN_ENCODER.match(key)
+        group = next((g for g, prefixes in _SWIN_DROPPED.items() if key.startswith(prefixes)), None)
+        if match:
+            out[re.sub(r"\.mlp\.fc([12])\.", r".mlp.linear\1.", match.group(1))] = value
+        elif group:
+            dropped[group].append(key)
+        else:
+            unplaced.append(key)
+    if unplaced:
+        raise _cannot_place("swin_unetr", unplaced)
+    # relative_position_index is a constant of the window size (whose bias table the file does carry): files saved
+    # without this buffer get the backbone's own
+    out.update({k: v for k, v in target.items() if k.endswith(".relative_position_index") and k not in out})
+    return Converted(out, dict(dropped))
+
+
 LAYOUTS: dict[str, Layout] = {
     "torchvision": Layout(_plain, "plain state dict in torchvision/timm/MONAI names (a prefix shared by every key "
                                   "- module., backbone., model. - is removed); supervised ImageNet, iNat2021, "
@@ -250,6 +278,9 @@ LAYOUTS: dict[str, Layout] = {
     "medicalnet": Layout(_medicalnet, "MedicalNet 3D ResNets: 'state_dict' -> 'module.'; conv_seg dropped"),
     "models_genesis": Layout(_models_genesis, "Models Genesis 3D U-Net: 'state_dict' -> 'module.down_tr*'; "
                                               "encoder kept, decoder dropped"),
+    "swin_unetr": Layout(_swin_unetr, "Swin UNETR SwinViT: released SSL weights ('state_dict' -> 'module.'), the SSL "
+                                      "script's 'swin_vit.' (heads dropped) or a SwinUNETR's 'swinViT.' (decoder "
+                                      "dropped)"),
     "byol_haiku": Layout(_byol_haiku, "BYOL JAX/Haiku parameter + state tree (.npz, or .pkl of arrays)"),
     "simclr_tf": Layout(_simclr_tf, "SimCLR v1/v2 TensorFlow variables exported to .npz"),
 }
@@ -264,6 +295,8 @@ def detect_layout(source: dict) -> str:
         return "simclr_tf"
     if any("down_tr64." in k for k in keys):
         return "models_genesis"
+    if any(".layers1.0.blocks." in f".{k}" for k in keys):
+        return "swin_unetr"
     if any(k.startswith("module.encoder_q.") for k in keys):
         return "moco"
     if any(k.startswith("module.encoder.") for k in keys):

@@ -17,6 +17,7 @@ from torch import nn
 
 from medtransfer.errors import ConfigError, allowed
 from medtransfer.models.backbones import Backbone, ResNetBackbone, UNetEncoderBackbone, ViTBackbone
+from medtransfer.models.monai3d import SegResNetBackbone, SwinConfig, SwinViTBackbone, segresnet
 from medtransfer.models.timm_stages import TimmStagesBackbone
 
 
@@ -189,6 +190,16 @@ BACKBONES: dict[str, BackboneSpec] = {
                                             "Models Genesis 3D U-Net encoder (32-512 ch)"),
     "genesis_tiny_3d": BackboneSpec(_genesis_encoder(4), UNetEncoderBackbone, 3,
                                     "Models Genesis encoder layout (4-64 ch) for tests"),
+    "swin_unetr": BackboneSpec(SwinConfig().build, SwinViTBackbone, 3,
+                               "MONAI Swin UNETR encoder (SwinViT, 48-768 ch, 2-2-2-2 blocks), as its SSL weights"),
+    "swin_unetr_v2": BackboneSpec(SwinConfig(use_v2=True).build, SwinViTBackbone, 3,
+                                  "MONAI Swin UNETR v2 encoder (a residual conv block before each Swin stage)"),
+    "swin_unetr_tiny": BackboneSpec(SwinConfig(12, (2, 2, 2, 2), (1, 2, 4, 8), 4).build, SwinViTBackbone, 3,
+                                    "Swin UNETR encoder (12-192 ch, 2-2-2-2 blocks, window 4) for tests"),
+    "segresnet": BackboneSpec(segresnet(8, (1, 2, 2, 4)), SegResNetBackbone, 3,
+                              "MONAI SegResNet encoder (8-64 ch, 1-2-2-4 blocks: MONAI's defaults)"),
+    "segresnet_tiny": BackboneSpec(segresnet(8, (1, 1, 1, 1)), SegResNetBackbone, 3,
+                                   "SegResNet encoder (8-64 ch, one block per stage) for tests"),
 }
 
 

@@ -9,7 +9,8 @@ e.g. /2 for a ResNet (stem straight to /4) or /2../8 for a ViT (one map at /16, 
 the encoder has no full-resolution map, the input image is the full-resolution skip, so 1-pixel structures (retinal
 capillaries) are not left to upsampled /4 features alone. The decoder climbs back one level at a time, concatenating
 a skip where there is one, so every backbone gets a progressive decoder. A truncated encoder has fewer stages, hence
-a shallower pyramid and fewer decoder blocks.
+a shallower pyramid and fewer decoder blocks. MONAI's 3D encoders also have their own decoders, from the same pyramid
+(``monai3d_decoders.py``: Swin UNETR's, SegResNet's).
 """
 
 from __future__ import annotations
@@ -28,8 +29,9 @@ from medtransfer.errors import ConfigError, allowed
 from medtransfer.models.backbones import Backbone
 from medtransfer.models.decoders import UNetDecoder3D
 from medtransfer.models.heads import hold_frozen_batchnorm
+from medtransfer.models.monai3d_decoders import NATIVE_DECODERS, native_decoder
 
-DECODERS = ("unet", "fpn")
+DECODERS = ("unet", "fpn", "swin_unetr", "segresnet")  # the last two: MONAI's own, for those 3D encoders
 MIN_WIDTH, MAX_WIDTH = 16, 256  # decoder widths follow the encoder's, within these bounds (smp's 256..16 default)
 
 
@@ -91,7 +93,9 @@ class SegmentationModel(nn.Module):
             raise ConfigError(f"train.segmentation.decoder: {decoder!r} is unknown; allowed: {allowed(DECODERS)}")
         self.backbone = backbone
         self.pyramid = Pyramid.of(backbone)
-        if decoder == "fpn":
+        if decoder in NATIVE_DECODERS:
+            self.head = native_decoder(backbone, self.pyramid, num_outputs, decoder)
+        elif decoder == "fpn":
             self.head = _fpn(backbone, self.pyramid, num_outputs)
         else:
             widths = self.pyramid.decoder_widths()
@@ -117,7 +121,8 @@ class SegmentationModel(nn.Module):
 def _fpn(backbone: Backbone, pyramid: Pyramid, num_outputs: int) -> nn.Sequential:
     """smp's FPN on the four deepest levels; it needs four real maps, each exactly twice the size of the next."""
     if backbone.spatial_dims != 2:
-        raise ConfigError("train.segmentation.decoder: 'fpn' is 2D (segmentation-models-pytorch); allowed for 3D: unet")
+        raise ConfigError("train.segmentation.decoder: 'fpn' is 2D (segmentation-models-pytorch); allowed for 3D: "
+                          "unet, or the encoder's own (swin_unetr, segresnet)")
     last = pyramid.sources[-4:]
     if len(last) < 4 or None in last:
         raise ConfigError(f"train.segmentation.decoder: 'fpn' needs four consecutive scales from the encoder; "

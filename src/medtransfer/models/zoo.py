@@ -57,8 +57,8 @@ def _ssl(method: str, url: str, layout: str, licence: str, paper: str, **kw) -> 
 
 # Normalisation: torchvision, the PyTorch SSL codes (MoCo, PCL, PyContrast, SwAV, Barlow Twins), iNat2021/NeWT and
 # BYOL's Haiku code normalise with ImageNet's mean/std; SimCLR's TF code feeds [0, 1] images as they are; Models
-# Genesis feeds HU windowed [-1000, 1000] -> [0, 1] as it is; MedicalNet z-scores each volume over its non-zero
-# voxels, which no fixed mean/std expresses, so its entries keep medtransfer's 0.5 / 0.5.
+# Genesis and Swin UNETR's SSL code feed HU windowed [-1000, 1000] -> [0, 1] as it is; MedicalNet z-scores each
+# volume over its non-zero voxels, which no fixed mean/std expresses, so its entries keep medtransfer's 0.5 / 0.5.
 _SIMCLR_NOTE = ("TF checkpoint: export its variables to .npz (README, 'SimCLR from TensorFlow') and "
                 "`zoo import NAME FILE.npz`")
 _MEDICALNET = "https://huggingface.co/TencentMedicalNet/MedicalNet-Resnet{d}/resolve/main/resnet_{d}_23dataset.pth"
@@ -113,6 +113,13 @@ ZOO: dict[str, ZooEntry] = {
         "https://github.com/MrGiovanni/ModelsGenesis/tree/master/pytorch", "models_genesis", "MIT (ModelsGenesis)",
         "Zhou et al. 2019", direct=False, note="Genesis_Chest_CT.pt, sent after the request form on that page",
         in_chans=1, input_size=(64, 64, 32), normalisation=UNIT_RANGE),
+    "swin_unetr_ssl": ZooEntry(
+        "swin_unetr", "5 public CT datasets, 5,050 volumes (no labels)",
+        "Swin UNETR SSL (inpainting, rotation, contrastive)",
+        "https://github.com/Project-MONAI/MONAI-extra-test-data/releases/download/0.8.1/model_swinvit.pt",
+        "swin_unetr", "Apache-2.0 (Project-MONAI/research-contributions)", "Tang et al. 2022",
+        note="no published checksum: the import records the file's sha256", in_chans=1, input_size=(96, 96, 96),
+        normalisation=UNIT_RANGE),
     **{f"medicalnet_resnet{d}": ZooEntry(
         f"medicalnet_resnet{d}_3d", "23 medical 3D segmentation datasets", "supervised segmentation",
         _MEDICALNET.format(d=d), "medicalnet", "MIT (Tencent/MedicalNet)", "Chen et al. 2019",

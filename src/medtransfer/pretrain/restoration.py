@@ -15,7 +15,7 @@ class RestorationMethod(BaseMethod):
 
     family = "restorative"
     spatial_dims = (2, 3)
-    backbone_families = ("resnet", "unet_encoder", "cnn")  # convolutional stage maps for the U-Net decoder
+    backbone_families = ("resnet", "unet_encoder", "cnn", "swin_unetr", "segresnet")  # stage maps for a decoder
 
     def __init__(self, backbone, options, **kwargs):
         super().__init__(backbone, options, **kwargs)

@@ -1,4 +1,4 @@
-"""SparK (Tian et al., ICLR 2023): BERT-style masked image modelling for CNNs, 2D and 3D ResNets.
+"""SparK (Tian et al., ICLR 2023): BERT-style masked image modelling for CNNs, 2D and 3D ResNets and SegResNet.
 
 * The mask is a random grid of patches at the backbone's total downsampling stride (the grid is the last stage's
   map size, e.g. 7x7 for a ResNet at 224 px), ``mask_ratio`` 0.6 of them masked (paper default).
@@ -63,7 +63,9 @@ class SparK(BaseMethod):
     Options = SparKOptions
     family = "restorative"
     spatial_dims = (2, 3)
-    backbone_families = ("resnet", "cnn")
+    # CNNs: re-zeroing masked positions after each step emulates sparse convolution; in a Swin stage attention fills
+    # them, so swin_unetr is refused (models_genesis restores on it, as Swin UNETR's own SSL inpaints)
+    backbone_families = ("resnet", "cnn", "segresnet")
 
     @classmethod
     def unsupported(cls, backbone):
