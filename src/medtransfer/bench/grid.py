@@ -16,6 +16,7 @@ from medtransfer.config import DatasetConfig, ExperimentConfig, InitConfig
 from medtransfer.data import identity_options
 from medtransfer.data.normalisation import DEFAULT, Normalisation
 from medtransfer.finetune.strategies import Strategy
+from medtransfer.finetune.batches import drops_with_full_batches
 
 
 @dataclass(frozen=True)
@@ -32,30 +33,36 @@ class RunSpec:
                 "fraction": self.fraction, "seed": self.seed}
 
     def resolved(self, cfg: ExperimentConfig, init_sha256: str | None, segmentation: bool = False,
-                 normalisation: Normalisation = DEFAULT) -> dict:
-        """The run as it acts; ``normalisation`` is the init's for this dataset's channels (stored for every run)."""
+                 normalisation: Normalisation = DEFAULT, n_train: int | None = None) -> dict:
+        """The run as it acts; ``normalisation`` is the init's for this dataset's channels (stored for every run);
+        ``n_train``, the size of its labelled subset, tells whether it keeps a partial last batch (``train.py``)."""
         dataset = self.dataset.model_dump(mode="json")
         dataset["options"] = identity_options(dataset["options"])
         return {"dataset": dataset, "backbone": cfg.backbone.model_dump(mode="json"),
                 "init": {"kind": _init_kind(self.init), "sha256": init_sha256,
                          "normalisation": normalisation.to_dict()},
                 "strategy": self.strategy.model_dump(mode="json"), "fraction": self.fraction, "seed": self.seed,
-                "train": _train_identity(cfg, segmentation)}
+                "train": _train_identity(cfg, segmentation, self.strategy.name != "knn" and n_train is not None
+                                         and drops_with_full_batches(max(n_train, cfg.train.min_samples_per_epoch),
+                                                                     cfg.train.batch_size))}
 
     def run_id(self, cfg: ExperimentConfig, init_sha256: str | None, segmentation: bool = False,
-               normalisation: Normalisation = DEFAULT) -> str:
+               normalisation: Normalisation = DEFAULT, n_train: int | None = None) -> str:
         """Hash of ``resolved``; a 0.5 / 0.5 normalisation, which every run used before inits carried their own, is
         left out, so those runs keep the ids their stored results have."""
-        identity = self.resolved(cfg, init_sha256, segmentation, normalisation)
+        identity = self.resolved(cfg, init_sha256, segmentation, normalisation, n_train)
         if normalisation.is_default:
             del identity["init"]["normalisation"]
         return config_hash(identity)
 
 
-def _train_identity(cfg: ExperimentConfig, segmentation: bool) -> dict:
+def _train_identity(cfg: ExperimentConfig, segmentation: bool, keeps_partial_batch: bool = False) -> dict:
     """The schedule as it acts on this run: the monitor resolved, the segmentation block only for segmentation.
-    Settings that cannot change a run stay out of its hash, so adding such a setting never re-runs stored work."""
+    Settings that cannot change a run stay out of its hash, so adding such a setting never re-runs stored work;
+    ``last_batch`` marks the runs whose epochs changed when the partial last batch stopped being dropped."""
     train = cfg.train.model_dump(mode="json")
+    if keeps_partial_batch:
+        train["last_batch"] = "kept"
     if not segmentation:
         train.pop("segmentation")
     if train["monitor"] is None:

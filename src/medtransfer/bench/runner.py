@@ -152,11 +152,12 @@ def run_normalisation(prepared: Prepared, spec: RunSpec) -> Normalisation:
     return prepared.init_normalisation[spec.init.name].for_channels(prepared.data[spec.dataset_label].in_chans)
 
 
-def run_identity(prepared: Prepared, spec: RunSpec) -> tuple[str | None, bool, Normalisation]:
+def run_identity(prepared: Prepared, spec: RunSpec) -> tuple[str | None, bool, Normalisation, int]:
     """What identifies a run besides its config: the init's content hash, whether it segments (which settings act on
-    it), and the normalisation it is fed; ``RunSpec.run_id``/``resolved`` take these, in every executor."""
+    it), the normalisation it is fed and its number of labelled images; ``RunSpec.run_id``/``resolved`` take these,
+    in every executor."""
     return (prepared.init_sha256[spec.init.name], prepared.data[spec.dataset_label].task == "segmentation",
-            run_normalisation(prepared, spec))
+            run_normalisation(prepared, spec), len(prepared.subsets[spec.dataset_label, spec.fraction, spec.seed]))
 
 
 def run_pretrainings(cfg: ExperimentConfig, prepared: Prepared, folder: Path, verbose: bool) -> None:

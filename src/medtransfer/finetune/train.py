@@ -26,6 +26,7 @@ from medtransfer.data.normalisation import DEFAULT, Normalisation
 from medtransfer.data.transforms import Preprocess
 from medtransfer.errors import ConfigError, allowed
 from medtransfer.evaluate import LOWER_IS_BETTER, METRICS, SEGMENTATION_METRICS
+from medtransfer.finetune.batches import EveryBatch
 from medtransfer.finetune.diagnostics import diagnose
 from medtransfer.finetune.frozen import cached_input_spec, fine_tune_on_features
 from medtransfer.finetune.module import FineTuner
@@ -153,8 +154,7 @@ def fit_and_test(module: L.LightningModule, model: torch.nn.Module, data: ImageD
     per_epoch = max(len(train_set), train.min_samples_per_epoch)
     generator = torch.Generator().manual_seed(seed)
     sampler = RandomSampler(train_set, num_samples=per_epoch, generator=generator)
-    train_loader = DataLoader(train_set, batch_size=train.batch_size, sampler=sampler,
-                              drop_last=per_epoch > train.batch_size)  # a size-1 last batch would break BatchNorm
+    train_loader = DataLoader(train_set, batch_sampler=EveryBatch(sampler, train.batch_size, drop_last=False))
 
     mode = "min" if monitor in LOWER_IS_BETTER else "max"
     monitor = f"val/{monitor}"
