@@ -51,7 +51,7 @@ def _store(folder, runs):
         store.start(config_hash(config), config, {"dataset": dataset, "init": "random", "strategy": "end_to_end",
                                                   "fraction": 1.0, "seed": seed})
         store.finish(config_hash(config), {"auc": auc, "acc": acc}, {}, {}, {"fit_s": 120.0},
-                     extra={"best_epoch": 40 + seed})
+                     extra={"best_epoch": 40 + seed, "epochs_run": 100})
     return store
 
 
@@ -70,6 +70,8 @@ def test_comparison_puts_mean_and_std_over_seeds_beside_the_paper(tmp_path):
     assert table.loc["bloodmnist", "model"] == "ResNet-18 (224)" and pd.isna(table.loc["bloodmnist", "auc_paper"])
     text = format_comparison(comparison(store.rows()))
     assert "| 0.950 ± 0.010 | 0.944 | +0.006 |" in text and "0.827 †" in text and "Scientific Data 10:41" in text
+    assert "not comparable" not in text  # every run here had the full 100 epochs
+    assert pneu["fit_min_per_seed"] == pytest.approx(2.0) and pneu["s_per_epoch"] == pytest.approx(1.2)
 
 
 def test_run_model_reads_the_paper_row_from_a_stored_config():

@@ -101,7 +101,10 @@ def comparison(rows: pd.DataFrame) -> pd.DataFrame:
                            f"{metric}_paper": float("nan") if theirs is None else theirs,
                            f"{metric}_diff": float("nan") if theirs is None else ours - theirs})
         record["paper_verified"] = paper.verified if paper is not None else None
-        record["fit_min_per_seed"] = group["timings"].map(lambda t: t.get("fit_s", 0.0)).mean() / 60
+        fit_s = group["timings"].map(lambda t: t.get("fit_s", 0.0))
+        epochs_run = group["extra"].map(lambda e: max(int(e.get("epochs_run", epochs)), 1))
+        record["fit_min_per_seed"] = fit_s.mean() / 60
+        record["s_per_epoch"] = (fit_s / epochs_run).mean()  # training + validation of one epoch
         record["best_epochs"] = [int(e["best_epoch"]) for e in group["extra"]]
         records.append(record)
     return pd.DataFrame(records)
@@ -122,17 +125,20 @@ def _diff(value: float) -> str:
 def format_comparison(table: pd.DataFrame) -> str:
     """Markdown table of ``comparison`` with the citation and the dagger's meaning underneath."""
     lines = ["| dataset | model | epochs | seeds | test AUC (medtransfer) | AUC (paper) | Δ AUC "
-             "| test ACC (medtransfer) | ACC (paper) | Δ ACC | best epochs | fit min/seed |",
+             "| test ACC (medtransfer) | ACC (paper) | Δ ACC | best epochs | fit min/seed (s/epoch) |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in table.itertuples():
         shortened = "" if r.epochs == 100 else " (short)"
         lines.append(f"| {r.dataset} | {r.model} | {r.epochs}{shortened} | {r.n} | {_pm(r.auc_mean, r.auc_std)} "
                      f"| {_paper(r.auc_paper, r.paper_verified)} | {_diff(r.auc_diff)} "
                      f"| {_pm(r.acc_mean, r.acc_std)} | {_paper(r.acc_paper, r.paper_verified)} | {_diff(r.acc_diff)} "
-                     f"| {', '.join(map(str, r.best_epochs))} | {r.fit_min_per_seed:.1f} |")
+                     f"| {', '.join(map(str, r.best_epochs))} | {r.fit_min_per_seed:.1f} ({r.s_per_epoch:.0f}) |")
+    short = (table["epochs"] != 100).any()
     return "\n".join(lines) + (f"\n\nPaper: {CITATION}. † = cell not checked against a second copy of the table; "
                                "— = not reported (or not transcribed). Δ = medtransfer mean − paper; the paper "
-                               "reports one run per cell, medtransfer mean ± std (ddof 1) over the seeds listed.")
+                               "reports one run per cell, medtransfer mean ± std (ddof 1) over the seeds listed."
+                               + (" (short) = a shortened schedule, not comparable with the paper's 100 epochs."
+                                  if short else ""))
 
 
 @dataclass(frozen=True)
