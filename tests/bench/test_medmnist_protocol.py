@@ -84,3 +84,27 @@ def test_every_deviation_says_why():
     assert all(d.why for d in REFERENCE_DETAILS if not d.follows)
     text = format_details()
     assert text.count("| deviates |") == sum(not d.follows for d in REFERENCE_DETAILS) > 0
+
+
+def _script():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "medmnist_protocol.py"
+    spec = importlib.util.spec_from_file_location("medmnist_protocol_script", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_readme_table_is_rewritten_from_stored_results_without_training(tmp_path, capsys):
+    script = _script()
+    _store(tmp_path / "exp", [("pneumoniamnist", "resnet18", True, None, 0, 0.93, 0.84)])
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{script.START}\nold table\n{script.END}\noutro\n", encoding="utf-8")
+    assert script.main(["--readme", str(readme), "--tables", str(tmp_path / "exp")]) == 0
+    text = readme.read_text(encoding="utf-8")
+    assert text.startswith(f"intro\n{script.START}\n| dataset |") and text.endswith(f"{script.END}\noutro\n")
+    assert "old table" not in text and "| 0.930 | 0.944 | -0.014 |" in text and "| deviates |" in text
+    assert script.main(["--readme", str(readme), "--tables", str(tmp_path / "none")]) == 2
+    assert "error:" in capsys.readouterr().err and readme.read_text(encoding="utf-8") == text

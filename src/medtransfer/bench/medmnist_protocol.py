@@ -9,6 +9,7 @@ which details of the reference loop are followed and which differ, and why.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,7 +34,7 @@ def is_3d(dataset: str) -> bool:
 
 
 def protocol_config(datasets: list[str], root: str | Path, arch: str = "resnet18", variant: str = "28",
-                    seeds: list[int] = (0, 1, 2), epochs: int = 100, volume_size: int = 28, device: str = "auto",
+                    seeds: Sequence[int] = (0, 1, 2), epochs: int = 100, volume_size: int = 28, device: str = "auto",
                     backbone: str | None = None) -> ExperimentConfig:
     """One experiment: every dataset (all 2D or all 3D) x every seed, random init, end-to-end, all labels.
 
