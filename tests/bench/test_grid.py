@@ -191,3 +191,11 @@ def test_runs_whose_epochs_now_keep_the_partial_batch_get_new_ids_the_others_kee
     assert spec.resolved(cfg, None, n_train=90)["train"]["last_batch"] == "kept"
     knn, knn_cfg = _single(strategies=["knn"])
     assert knn.run_id(knn_cfg, None, n_train=90) == knn.run_id(knn_cfg, None)
+
+
+def test_nearest_resizing_is_another_run_linear_keeps_the_ids_from_before_it_was_a_choice():
+    spec, cfg = _single(datasets=[{**SMALL, "resize": 32}])
+    near, near_cfg = _single(datasets=[{**SMALL, "resize": 32, "resize_mode": "nearest"}])
+    assert "resize_mode" not in spec.resolved(cfg, None)["dataset"]
+    assert near.resolved(near_cfg, None)["dataset"]["resize_mode"] == "nearest"
+    assert near.run_id(near_cfg, None) != spec.run_id(cfg, None)

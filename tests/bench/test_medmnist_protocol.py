@@ -25,6 +25,7 @@ def test_2d_28_is_the_reference_loop_on_native_pixels_with_the_small_stem(tmp_pa
 def test_2d_224_upsamples_and_3d_uses_3d_convolutions_with_batch_32(tmp_path):
     big = protocol_config(["pneumoniamnist"], tmp_path, arch="resnet50", variant="224")
     assert big.backbone.name == "resnet50" and not big.backbone.small_stem and big.datasets[0].resize == 224
+    assert big.datasets[0].resize_mode == "nearest"  # the reference's PIL NEAREST
     vol = protocol_config(["adrenalmnist3d"], tmp_path, volume_size=64, seeds=[0])
     assert vol.backbone.name == "resnet18_3d" and vol.backbone.small_stem and vol.train.batch_size == 32
     assert vol.datasets[0].options["size"] == 64 and vol.name == "medmnist-v2-resnet18-3d-64-100ep"

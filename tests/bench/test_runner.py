@@ -50,7 +50,7 @@ class FakeFineTune:
         self.fail_at, self.error, self.on_call = set(fail_at), error, on_call
 
     def __call__(self, data, train_indices, backbone, strategy, view, train, hardware, seed, workdir,
-                 input_size=None, verbose=False, normalisation=DEFAULT):
+                 input_size=None, verbose=False, normalisation=DEFAULT, resize_mode="linear"):
         self.calls.append({"strategy": strategy.label(), "n_train": len(train_indices), "seed": seed,
                            "workdir": Path(workdir), "backbone": backbone, "normalisation": normalisation})
         if self.on_call:

@@ -44,3 +44,14 @@ def test_fine_tuning_sees_every_training_image_each_epoch(tiny2d, make_backbone,
     for epoch in range(train.epochs):
         idx = torch.cat([i for e, i in seen if e == epoch])
         assert len(idx) == 100 and set(idx.tolist()) == set(range(96))
+
+
+def test_nearest_resize_replicates_pixels_as_the_medmnist_224_rows_were_made():
+    """28 -> 224 with nearest is each pixel repeated 8x8 (PIL NEAREST); linear blends neighbours."""
+    from medtransfer.data.transforms import Preprocess
+
+    x = torch.randint(0, 256, (2, 1, 28, 28), dtype=torch.uint8)
+    near = Preprocess(2, size=(224, 224), resize_mode="nearest")(x)
+    expected = ((x.float() / 255 - 0.5) / 0.5).repeat_interleave(8, 2).repeat_interleave(8, 3)
+    assert torch.allclose(near, expected)
+    assert not torch.allclose(Preprocess(2, size=(224, 224))(x), expected)

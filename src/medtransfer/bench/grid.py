@@ -38,6 +38,8 @@ class RunSpec:
         ``n_train``, the size of its labelled subset, tells whether it keeps a partial last batch (``train.py``)."""
         dataset = self.dataset.model_dump(mode="json")
         dataset["options"] = identity_options(dataset["options"])
+        if dataset["resize_mode"] == "linear":  # the only mode before there was a choice: those runs keep their ids
+            del dataset["resize_mode"]
         return {"dataset": dataset, "backbone": cfg.backbone.model_dump(mode="json"),
                 "init": {"kind": _init_kind(self.init), "sha256": init_sha256,
                          "normalisation": normalisation.to_dict()},
@@ -80,7 +82,8 @@ def dataset_labels(datasets: list[DatasetConfig]) -> list[str]:
     names = [d.name for d in datasets]
 
     def settings(d: DatasetConfig) -> dict:
-        return {**d.options, **({"resize": d.resize} if d.resize is not None else {})}
+        return {**d.options, **({"resize": d.resize} if d.resize is not None else {}),
+                **({"resize_mode": d.resize_mode} if d.resize_mode != "linear" else {})}
 
     return [d.name if names.count(d.name) == 1 else
             f"{d.name}[{','.join(f'{k}={v}' for k, v in sorted(settings(d).items()))}]" for d in datasets]

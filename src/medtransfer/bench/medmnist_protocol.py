@@ -39,10 +39,10 @@ def protocol_config(datasets: list[str], root: str | Path, arch: str = "resnet18
     """One experiment: every dataset (all 2D or all 3D) x every seed, random init, end-to-end, all labels.
 
     2D "(28)": ``arch`` with the 3x3 stride-1 stem and no max-pool on 28 px; "(224)": the standard stem on the
-    28 px images upsampled to 224. 3D: ``arch`` with 3D convolutions and the same small stem on 28^3 (or 64^3)
-    volumes, batch 32. Schedule (both): Adam 1e-3, ``epochs`` (100 in the paper), lr x0.1 at 50 % and 75 %, no
-    augmentation, the epoch with the best validation AUC tested once; float32, as the reference. ``backbone``
-    replaces the architecture (tests use tiny ones); everything else stays the protocol's.
+    28 px images upsampled to 224 by pixel replication (nearest). 3D: ``arch`` with 3D convolutions and the same
+    small stem on 28^3 (or 64^3) volumes, batch 32. Schedule (both): Adam 1e-3, ``epochs`` (100 in the paper), lr
+    x0.1 at 50 % and 75 %, no augmentation, the epoch with the best validation AUC tested once; float32, as the
+    reference. ``backbone`` replaces the architecture (tests use tiny ones); everything else stays the protocol's.
     """
     if arch not in ARCHS:
         raise ConfigError(f"arch: {arch!r}; allowed: {allowed(ARCHS)}")
@@ -57,7 +57,7 @@ def protocol_config(datasets: list[str], root: str | Path, arch: str = "resnet18
     variant = "3d" if three_d else variant
     size = volume_size if three_d else 28
     entries = [{"name": d, "root": str(Path(root).expanduser().resolve()), "size": size,
-                **({"resize": 224} if variant == "224" else {})} for d in datasets]
+                **({"resize": 224, "resize_mode": "nearest"} if variant == "224" else {})} for d in datasets]
     return ExperimentConfig.model_validate({
         "name": f"medmnist-v2-{backbone or arch}-{variant}{f'-{size}' if three_d and size != 28 else ''}-{epochs}ep",
         "datasets": entries,
@@ -175,9 +175,7 @@ REFERENCE_DETAILS = (
     Detail("weight init", "PyTorch defaults (28); torchvision's ResNet init (224)",
            "timm's ResNet init (Kaiming-normal fan-out, last BatchNorm of each block zero-initialised)", False,
            "timm's default for every medtransfer ResNet; not yet measured against PyTorch's defaults"),
-    Detail("(224) resize", "PIL NEAREST 28 -> 224 (pixel replication)", "bilinear (to_unit_range)", False,
-           "medtransfer's resize has no interpolation setting yet; bilinear smooths the 8x replicated pixels. "
-           "Open: affects only the (224) rows, none measured here"),
+    Detail("(224) resize", "PIL NEAREST 28 -> 224 (pixel replication)", "nearest (resize_mode: nearest)", True),
     Detail("(224) grey input", "grey copied to 3 channels (as_rgb) for torchvision's 3-channel stem",
            "one input channel", False,
            "three equal channels through a 3-channel conv equal one channel through the summed kernel: same "

@@ -186,7 +186,8 @@ def run_one(cfg: ExperimentConfig, spec: RunSpec, prepared: Prepared, workdir: P
     indices = prepared.subsets[spec.dataset_label, spec.fraction, spec.seed]
     with torch_threads(cfg.hardware.cpus_per_run):
         result = fine_tune(data, indices, backbone, spec.strategy, view, cfg.train, cfg.hardware, spec.seed, workdir,
-                           input_size=input_size, verbose=verbose, normalisation=run_normalisation(prepared, spec))
+                           input_size=input_size, verbose=verbose, normalisation=run_normalisation(prepared, spec),
+                           resize_mode=spec.dataset.resize_mode)
     return result, indices
 
 

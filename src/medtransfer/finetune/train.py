@@ -104,10 +104,12 @@ def _uses_channels_last(hw: HardwareConfig, backbone: Backbone) -> bool:
 def fine_tune(data: ImageDataset, train_indices: np.ndarray, backbone: Backbone, strategy: Strategy, view: str,
               train: TrainConfig, hardware: HardwareConfig, seed: int, workdir: Path,
               input_size: tuple[int, ...] | None = None, verbose: bool = False,
-              normalisation: Normalisation = DEFAULT, frozen_features: bool = True) -> FineTuneResult:
+              normalisation: Normalisation = DEFAULT, frozen_features: bool = True,
+              resize_mode: str = "linear") -> FineTuneResult:
     """Fine-tune ``backbone`` (already initialised) on ``train_indices`` of ``data.train``; returns test metrics.
 
     ``normalisation`` is the init's, for the data's channels (``Normalisation.for_channels``); 0.5 / 0.5 by default.
+    ``resize_mode`` is how images are brought to ``input_size`` (``transforms.to_unit_range``).
 
     The caller seeds before building the backbone; this function re-seeds so the head, data order and
     augmentation are fixed by ``seed`` too. A backbone or prefix frozen for the whole run (``linear``, ``knn``,
@@ -127,8 +129,9 @@ def fine_tune(data: ImageDataset, train_indices: np.ndarray, backbone: Backbone,
         model = Classifier(backbone, data.num_classes, dropout=train.dropout)
         if channels_last:
             model = model.to(memory_format=torch.channels_last)
-        module = FineTuner(model, data.task, strategy, view, train, Preprocess(data.spatial_dims, size=input_size,
-                           augment=train.augment, normalisation=normalisation), channels_last=channels_last)
+        module = FineTuner(model, data.task, strategy, view, train, Preprocess(
+            data.spatial_dims, size=input_size, augment=train.augment, normalisation=normalisation,
+            resize_mode=resize_mode), channels_last=channels_last)
         spec = cached_input_spec(strategy, module, data, input_size or data.image_size, view, train, hardware,
                                  frozen_features)
         if spec is not None:
