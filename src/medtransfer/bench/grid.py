@@ -15,8 +15,8 @@ from medtransfer.bench.store import config_hash
 from medtransfer.config import DatasetConfig, ExperimentConfig, InitConfig
 from medtransfer.data import identity_options
 from medtransfer.data.normalisation import DEFAULT, Normalisation
-from medtransfer.finetune.strategies import Strategy
 from medtransfer.finetune.batches import drops_with_full_batches
+from medtransfer.finetune.strategies import Strategy
 
 
 @dataclass(frozen=True)
