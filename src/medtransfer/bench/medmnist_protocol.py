@@ -173,7 +173,8 @@ REFERENCE_DETAILS = (
     Detail("seeds", "one run per cell, unseeded", "seeded, deterministic; mean ± std over the seeds", False,
            "small sets vary a lot between runs, so one unseeded run cannot be compared honestly"),
     Detail("weight init", "PyTorch defaults (28); torchvision's ResNet init (224)",
-           "timm's ResNet init (Kaiming-normal fan-out, last BatchNorm of each block zero-initialised)", False,
+           "timm's ResNet init (Kaiming-normal fan-out, last BatchNorm of each block zero-initialised; the small "
+           "stem's conv: PyTorch's default)", False,
            "timm's default for every medtransfer ResNet; not yet measured against PyTorch's defaults"),
     Detail("(224) resize", "PIL NEAREST 28 -> 224 (pixel replication)", "nearest (resize_mode: nearest)", True),
     Detail("(224) grey input", "grey copied to 3 channels (as_rgb) for torchvision's 3-channel stem",
