@@ -37,7 +37,7 @@ def plain_loop(data, args, device) -> float:
     model = Classifier(create_backbone(args.backbone, 1, data.image_size, small_stem=args.small_stem), 3).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     pre = Preprocess(2)
-    train = DataLoader(tensor_dataset(data.train), batch_size=args.batch_size, shuffle=True, drop_last=True)
+    train = DataLoader(tensor_dataset(data.train), batch_size=args.batch_size, shuffle=True)  # every image, as medtransfer
     evaluate = lambda split: DataLoader(tensor_dataset(split), batch_size=max(256, args.batch_size))  # noqa: E731
     start = time.perf_counter()
     for _ in range(args.epochs):

@@ -1,87 +1,115 @@
-"""The MedMNIST v2 protocol (Yang et al., Scientific Data 10:41, 2023) run through medtransfer, next to the paper.
+"""Reproduce cells of the MedMNIST v2 table (Yang et al., Scientific Data 10:41, 2023) and print them beside it.
 
-ResNet-18 or ResNet-50 "(28)": native 28 px with the CIFAR-style 3x3 stem and no max-pool; Adam, lr 1e-3, batch 128,
-100 epochs, lr x0.1 at epochs 50 and 75, cross-entropy (BCE for multi-label), mean 0.5 / std 0.5, no augmentation,
-the epoch with the best validation AUC is tested. These are medtransfer's `TrainConfig` defaults, so the benchmark is an
-ordinary experiment (results store, resumable, `medtransfer report` works on its folder) with one init, one strategy
-and every label. ``--epochs`` shortens the schedule for CPU runs; the milestones stay at 50 % and 75 % of it.
+Any MedMNIST datasets and seeds in one resumable experiment per kind (2D and 3D datasets may be mixed: each kind is
+its own experiment folder). 2D: ResNet-18/50 "(28)" (small stem, 28 px) or "(224)" (standard stem, upsampled);
+3D: ResNet-18/50 with 3D convolutions on 28^3 (or 64^3) volumes. The schedule, selection and metrics are the
+reference loop's (``medtransfer.bench.medmnist_protocol``); ``--epochs`` shortens it for smoke runs (milestones stay
+at 50 % and 75 %). A finished run is never trained again; a run killed mid-way restarts from its first epoch.
 
-    .venv/bin/python benchmarks/medmnist_protocol.py                         # PneumoniaMNIST, 3 seeds, full protocol
-    .venv/bin/python benchmarks/medmnist_protocol.py --epochs 10             # shortened schedule (CPU)
-    .venv/bin/python benchmarks/medmnist_protocol.py --file ~/.medmnist/breastmnist.npz --backbone resnet50 --seeds 0 1 2 3 4
+    python benchmarks/medmnist_protocol.py --root ../shared/data/medmnist --datasets pneumoniamnist --seeds 0 1 2
+    python benchmarks/medmnist_protocol.py --root ../shared/data/medmnist --datasets adrenalmnist3d --seeds 0
+    python benchmarks/medmnist_protocol.py --readme README.md --tables runs/medmnist-v2-resnet18-28-100ep ...
+
+``--readme`` trains nothing: it rewrites README's protocol table from stored results (the folders given).
 """
 
 from __future__ import annotations
 
 import argparse
-import platform
-import re
 import sys
 import time
 from pathlib import Path
 
-import torch
+import pandas as pd
 
+from medtransfer.bench.medmnist_protocol import (ARCHS, VARIANTS, VOLUME_SIZES, comparison, format_comparison,
+                                                 format_details, is_3d, protocol_config)
 from medtransfer.bench.runner import run_experiment
 from medtransfer.bench.store import ResultStore
-from medtransfer.config import ExperimentConfig
-from medtransfer.report.tables import summary_table
+from medtransfer.errors import MedtransferError
 
-DEFAULT_FILE = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "medmnist" / "pneumoniamnist.npz"
-# Test AUC / ACC of the paper's Table (ResNet "(28)"), as recorded in ../shared/REFERENCE.md; other datasets print "-".
-PUBLISHED = {("pneumoniamnist", "resnet18"): (0.944, 0.854), ("pneumoniamnist", "resnet50"): (0.948, 0.854)}
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from readme_tables import machine, rewrite  # noqa: E402  (a sibling script, not a package)
 
-
-def dataset_from_file(path: Path) -> dict:
-    """``pneumoniamnist.npz`` -> name pneumoniamnist, size 28; ``bloodmnist_64.npz`` -> size 64 (medmnist's naming)."""
-    match = re.fullmatch(r"([a-z0-9]+?)(?:_(\d+))?", path.stem)
-    if path.suffix != ".npz" or match is None:
-        sys.exit(f"error: {path} is not a MedMNIST file name (NAME.npz or NAME_SIZE.npz)")
-    return {"name": match[1], "root": str(path.parent.resolve()), "size": int(match[2] or 28)}
+DEFAULT_ROOT = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "medmnist"
+START = "<!-- medmnist-protocol-table: start (written by benchmarks/medmnist_protocol.py --readme; do not edit) -->"
+END = "<!-- medmnist-protocol-table: end -->"
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--file", type=Path, default=DEFAULT_FILE, help="a MedMNIST .npz (default: PneumoniaMNIST)")
-    parser.add_argument("--backbone", choices=("resnet18", "resnet50"), default="resnet18")
+def stored_rows(folders: list[Path]) -> pd.DataFrame:
+    """Finished runs of every folder, one frame (folders without a results store are an error, not skipped)."""
+    frames = []
+    for folder in folders:
+        if not (folder / "results.sqlite").exists():
+            raise MedtransferError(f"{folder}: no results.sqlite; run the protocol into it first")
+        frames.append(ResultStore(folder).rows())
+    rows = pd.concat(frames, ignore_index=True)
+    if rows.empty:
+        raise MedtransferError(f"no finished run in {', '.join(map(str, folders))}")
+    return rows
+
+
+def readme_block(rows: pd.DataFrame) -> str:
+    """What goes between the README markers: the comparison, the machine and the reference details."""
+    return (f"{format_comparison(comparison(rows))}\n\nMachine: {machine()}.\n\n"
+            f"Reference details, followed or not:\n\n{format_details()}")
+
+
+def run(args) -> list[Path]:
+    """Train every unfinished run, one experiment per kind (2D, 3D); print the comparison; return the folders."""
+    kinds = {kind: [d for d in args.datasets if is_3d(d) == kind] for kind in (False, True)}
+    folders, failed = [], []
+    for three_d, datasets in kinds.items():
+        if not datasets:
+            continue
+        cfg = protocol_config(datasets, args.root, args.arch, args.variant, args.seeds, args.epochs,
+                              args.volume_size, args.device, args.backbone)
+        folder = args.output / cfg.name
+        start = time.perf_counter()
+        summary = run_experiment(cfg, folder)
+        print(f"{cfg.name}: {summary.done} run(s) trained, {summary.skipped} already finished, "
+              f"{(time.perf_counter() - start) / 60:.1f} min wall time this invocation; {folder.resolve()}")
+        folders.append(folder)
+        failed += summary.failed
+    print(f"\n{format_comparison(comparison(stored_rows(folders)))}\n\nMachine: {machine()}")
+    if args.epochs != 100:
+        print(f"Shortened schedule ({args.epochs} epochs): not comparable with the paper's 100.")
+    print(f"\n{format_details()}")
+    if failed:
+        sys.exit(f"{len(failed)} run(s) failed: {failed}")
+    return folders
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--datasets", nargs="+", default=["pneumoniamnist"], help="medmnist flags, 2D and/or 3D")
+    parser.add_argument("--root", type=Path, default=DEFAULT_ROOT, help="folder of the .npz files")
+    parser.add_argument("--arch", choices=ARCHS, default="resnet18")
+    parser.add_argument("--variant", choices=VARIANTS, default="28", help="2D: (28) or (224)")
+    parser.add_argument("--volume-size", type=int, choices=VOLUME_SIZES, default=28, help="3D volume files")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--epochs", type=int, default=100, help="100 = the protocol; fewer = shortened schedule")
-    parser.add_argument("--output", type=Path, help="experiment folder (default: runs/medmnist-<name>-<arch>-<epochs>ep)")
+    parser.add_argument("--epochs", type=int, default=100, help="100 = the protocol; fewer = a smoke run")
+    parser.add_argument("--output", type=Path, default=Path("runs"), help="parent of the experiment folders")
     parser.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto")
-    args = parser.parse_args()
-    if not args.file.exists():
-        sys.exit(f"error: {args.file} not found; pass --file with a MedMNIST .npz")
-    dataset = dataset_from_file(args.file)
-    cfg = ExperimentConfig.model_validate({
-        "name": f"medmnist-{dataset['name']}-{args.backbone}-{args.epochs}ep",
-        "datasets": [dataset],
-        "backbone": {"name": args.backbone, "small_stem": dataset["size"] == 28},
-        "inits": ["random"], "strategies": ["end_to_end"], "label_fractions": [1.0], "seeds": args.seeds,
-        "train": {"epochs": args.epochs},  # everything else: the protocol's defaults
-        "hardware": {"accelerator": args.device},
-    })
-    start = time.perf_counter()
-    summary = run_experiment(cfg, args.output or Path("runs") / cfg.name)
-    elapsed = time.perf_counter() - start
-    rows = ResultStore(summary.folder).rows()
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() and args.device != "cpu" else \
-        f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
-    print(f"\nMedMNIST v2 protocol: {dataset['name']} ({dataset['size']} px), {args.backbone}, {args.epochs} epochs"
-          f"{'' if args.epochs == 100 else ' (shortened; the protocol is 100)'}, seeds {args.seeds}")
-    print(f"device: {device}; wall time this invocation: {elapsed / 60:.1f} min "
-          f"({summary.done} run(s) trained, {summary.skipped} already finished)")
-    published = PUBLISHED.get((dataset["name"], args.backbone))
-    print(f"{'metric':<6} {'medtransfer (mean ± std, n)':<30} {'published (Yang et al. 2023)':<28}")
-    for i, metric in enumerate(("auc", "acc")):
-        stats = summary_table(rows, metric).iloc[0]
-        paper = f"{published[i]:.3f}" if published else "-"
-        ours = f"{stats['mean']:.3f} ± {stats['std']:.3f} (n={stats['n']})"
-        print(f"{metric:<6} {ours:<30} {paper:<28}")
-    train_minutes = rows["timings"].map(lambda t: t.get("fit_s", 0) + t.get("test_s", 0)).sum() / 60
-    print(f"training time summed over runs: {train_minutes:.1f} min; results: {summary.folder.resolve()}")
-    if summary.failed:
-        sys.exit(f"{len(summary.failed)} run(s) failed: {summary.failed}")
+    parser.add_argument("--backbone", help="replace the architecture (e.g. resnet_tiny for a quick check)")
+    parser.add_argument("--readme", type=Path, help="rewrite this README's protocol table from --tables; no training")
+    parser.add_argument("--tables", type=Path, nargs="+", help="experiment folders for --readme")
+    args = parser.parse_args(argv)
+    try:
+        if args.readme:
+            if not args.tables:
+                raise MedtransferError("--readme needs --tables FOLDER [FOLDER ...] (the experiment folders)")
+            block = readme_block(stored_rows(args.tables))
+            args.readme.write_text(rewrite(args.readme.read_text(encoding="utf-8"), block, START, END),
+                                   encoding="utf-8")
+            print(f"rewrote the MedMNIST protocol table in {args.readme}")
+        else:
+            run(args)
+    except MedtransferError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -64,7 +64,8 @@ def demo_block(rows: pd.DataFrame, metric: str, machine_text: str) -> str:
 
 
 def rewrite(readme: str, block: str, start: str = START, end: str = END) -> str:
-    """``readme`` with the text between ``start`` and ``end`` replaced by ``block`` (the rest kept byte for byte)."""
+    """``readme`` with the text between ``start`` and ``end`` (the demo table's markers unless given) replaced by
+    ``block``, everything else kept byte for byte."""
     if readme.count(start) != 1 or readme.count(end) != 1 or readme.index(start) > readme.index(end):
         raise MedtransferError(f"README needs exactly one {start!r} line followed by one {end!r} line")
     head, rest = readme.split(start)

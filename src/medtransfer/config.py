@@ -44,6 +44,8 @@ class DatasetConfig(Strict):
 
     name: str
     resize: Optional[int] = Field(None, ge=8, description="network input size; e.g. 224 for MedMNIST '(224)'")
+    resize_mode: Literal["linear", "nearest"] = Field(
+        "linear", description="how resize interpolates: (bi/tri)linear, or nearest (MedMNIST v2's '(224)' rows)")
     options: dict[str, Any] = {}
 
     @model_validator(mode="before")

@@ -17,7 +17,7 @@ from medtransfer.bench.grid import expand
 from medtransfer.bench.runner import run_experiment
 from medtransfer.bench.store import ResultStore
 
-from test_runner import GRID, FakeFineTune, experiment
+from test_runner import GRID, FakeFineTune, experiment, identity
 
 SRC = str(Path(medtransfer.__file__).parents[1])
 HERE = str(Path(__file__).parent)
@@ -72,9 +72,9 @@ def test_run_held_by_a_live_process_is_waited_for_and_taken_over_when_its_lease_
                                                                                        capsys):
     cfg = experiment()
     specs = expand(cfg)
-    held = specs[0].run_id(cfg, None)
+    held = specs[0].run_id(cfg, *identity(cfg, specs[0]))
     store = ResultStore(tmp_path)
-    assert store.claim(held, specs[0].resolved(cfg, None), specs[0].labels(), "elsewhere:1:x", lease_s=600) == "claimed"
+    assert store.claim(held, specs[0].resolved(cfg, *identity(cfg, specs[0])), specs[0].labels(), "elsewhere:1:x", lease_s=600) == "claimed"
 
     def holder_stops_renewing(call):
         if call == 3:  # while this process trains its last own run, the holder's last renewal runs out in 1 s
@@ -93,9 +93,9 @@ def test_run_held_by_a_live_process_is_waited_for_and_taken_over_when_its_lease_
 def test_run_finished_by_the_holder_while_waiting_is_not_trained(tmp_path, monkeypatch):
     cfg = experiment()
     specs = expand(cfg)
-    held = specs[0].run_id(cfg, None)
+    held = specs[0].run_id(cfg, *identity(cfg, specs[0]))
     store = ResultStore(tmp_path)
-    store.claim(held, specs[0].resolved(cfg, None), specs[0].labels(), "elsewhere:1:x", lease_s=600)
+    store.claim(held, specs[0].resolved(cfg, *identity(cfg, specs[0])), specs[0].labels(), "elsewhere:1:x", lease_s=600)
 
     def finish_held(call):
         if call == 3:  # the holder finishes while this process trains its last run

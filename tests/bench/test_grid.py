@@ -179,3 +179,23 @@ def test_normalisation_is_stored_and_keys_the_run_only_when_it_is_not_the_defaul
     assert imagenet != plain and imagenet != spec.run_id(cfg, "a" * 64, normalisation=IMAGENET.for_channels(1))
     assert spec.resolved(cfg, "a" * 64, normalisation=IMAGENET)["init"]["normalisation"] == IMAGENET.to_dict()
     assert spec.resolved(cfg, "a" * 64)["init"]["normalisation"] == {"mean": [0.5], "std": [0.5]}  # visible too
+
+
+def test_runs_whose_epochs_now_keep_the_partial_batch_get_new_ids_the_others_keep_theirs():
+    """batch 32: 90 images used to lose their last 26 each epoch, so such a run is another run now; 64 or 20
+    images lost nothing, so their ids (and stored results) stay; knn never trains."""
+    spec, cfg = _single()
+    plain = spec.run_id(cfg, None)
+    assert spec.run_id(cfg, None, n_train=64) == spec.run_id(cfg, None, n_train=20) == plain
+    assert spec.run_id(cfg, None, n_train=90) != plain
+    assert spec.resolved(cfg, None, n_train=90)["train"]["last_batch"] == "kept"
+    knn, knn_cfg = _single(strategies=["knn"])
+    assert knn.run_id(knn_cfg, None, n_train=90) == knn.run_id(knn_cfg, None)
+
+
+def test_nearest_resizing_is_another_run_linear_keeps_the_ids_from_before_it_was_a_choice():
+    spec, cfg = _single(datasets=[{**SMALL, "resize": 32}])
+    near, near_cfg = _single(datasets=[{**SMALL, "resize": 32, "resize_mode": "nearest"}])
+    assert "resize_mode" not in spec.resolved(cfg, None)["dataset"]
+    assert near.resolved(near_cfg, None)["dataset"]["resize_mode"] == "nearest"
+    assert near.run_id(near_cfg, None) != spec.run_id(cfg, None)

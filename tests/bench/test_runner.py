@@ -51,7 +51,7 @@ class FakeFineTune:
         self.fail_at, self.error, self.on_call = set(fail_at), error, on_call
 
     def __call__(self, data, train_indices, backbone, strategy, view, train, hardware, seed, workdir,
-                 input_size=None, verbose=False, normalisation=DEFAULT, policy=NO_POLICY):
+                 input_size=None, verbose=False, normalisation=DEFAULT, policy=NO_POLICY, resize_mode="linear"):
         self.calls.append({"strategy": strategy.label(), "n_train": len(train_indices), "seed": seed,
                            "workdir": Path(workdir), "backbone": backbone, "normalisation": normalisation,
                            "policy": policy.label()})
@@ -101,6 +101,11 @@ def snapshot(folder):
     return table[["run_id", "status", "attempts", "finished_at", "metrics"]].to_dict("records")
 
 
+def identity(cfg, spec):
+    """What the runner keys ``spec`` by besides its config (init hash, task, normalisation, labelled images)."""
+    return runner.run_identity(runner.prepare(cfg), spec)
+
+
 # --- a grid with a fake fine_tune ---------------------------------------------------------------------------------
 
 def test_grid_stores_one_done_row_per_run(tmp_path, fake):
@@ -111,7 +116,7 @@ def test_grid_stores_one_done_row_per_run(tmp_path, fake):
     assert fake.labels() == [("end_to_end", 45), ("linear", 45), ("end_to_end", 90), ("linear", 90)]
 
     table = rows(folder)
-    ids = [spec.run_id(cfg, None) for spec in expand(cfg)]
+    ids = [spec.run_id(cfg, *identity(cfg, spec)) for spec in expand(cfg)]
     assert list(table["run_id"]) == ids and set(table["status"]) == {"done"}
     assert list(table["strategy"]) == ["end_to_end", "linear"] * 2
     assert list(table["fraction"]) == [0.5, 0.5, 1.0, 1.0] and set(table["dataset"]) == {"synthetic2d"}
@@ -245,12 +250,12 @@ def test_run_finished_meanwhile_by_another_process_is_skipped(tmp_path, monkeypa
     """Two workers may share a folder; a run the other one finished is neither redone nor a crash."""
     cfg = experiment()
     specs = expand(cfg)
-    second = specs[1].run_id(cfg, None)
+    second = specs[1].run_id(cfg, *identity(cfg, specs[1]))
 
     def finish_second_elsewhere(call):
         if call == 1:
             other = ResultStore(tmp_path)
-            other.start(second, specs[1].resolved(cfg, None), specs[1].labels())
+            other.start(second, specs[1].resolved(cfg, *identity(cfg, specs[1])), specs[1].labels())
             other.finish(second, {"auc": 0.99}, {}, {}, {})
 
     fake = FakeFineTune(on_call=finish_second_elsewhere)

@@ -189,3 +189,9 @@ def test_every_method_resume_state_is_readable_without_unpickling_code(name, tmp
     with pytest.raises(RuntimeError, match="stopped"):
         pretrain(cfg, tmp_path, resume=False)
     run._check_resume_state(tmp_path / "lightning" / "last.ckpt")
+
+
+def test_nearest_resizing_is_refused_for_pre_training_whose_views_resize_linearly(tmp_path):
+    with pytest.raises(ConfigError, match="data.resize_mode: 'nearest'"):
+        pretrain(config(data={**TINY, "resize": 32, "resize_mode": "nearest"}), tmp_path)
+    assert not any(tmp_path.iterdir())

@@ -15,6 +15,7 @@ from medtransfer.bench.store import config_hash
 from medtransfer.config import DatasetConfig, ExperimentConfig, InitConfig
 from medtransfer.data import identity_options
 from medtransfer.data.normalisation import DEFAULT, Normalisation
+from medtransfer.finetune.batches import drops_with_full_batches
 from medtransfer.finetune.policies import NO_POLICY, TrainingPolicy
 from medtransfer.finetune.strategies import Strategy
 
@@ -34,35 +35,43 @@ class RunSpec:
                 "fraction": self.fraction, "seed": self.seed, "policy": self.policy.label()}
 
     def resolved(self, cfg: ExperimentConfig, init_sha256: str | None, segmentation: bool = False,
-                 normalisation: Normalisation = DEFAULT) -> dict:
-        """The run as it acts; ``normalisation`` is the init's for this dataset's channels (stored for every run).
+                 normalisation: Normalisation = DEFAULT, n_train: int | None = None) -> dict:
+        """The run as it acts; ``normalisation`` is the init's for this dataset's channels (stored for every run);
+        ``n_train``, the size of its labelled subset, tells whether it keeps a partial last batch (``train.py``).
         A training policy is in it only when set, so runs without one keep the ids they had before policies."""
         dataset = self.dataset.model_dump(mode="json")
         dataset["options"] = identity_options(dataset["options"])
+        if dataset["resize_mode"] == "linear":  # the only mode before there was a choice: those runs keep their ids
+            del dataset["resize_mode"]
         init = {"kind": _init_kind(self.init), "sha256": init_sha256, "normalisation": normalisation.to_dict()}
         if self.init.fuse:  # read by the report; the content hash in ``sha256`` identifies the members
             init["members"] = [{"init": name, "strategy": None if m.strategy is None else m.strategy.label()}
                                for m, name in zip(self.init.fuse, fusion_member_names(self.init))]
         return {"dataset": dataset, "backbone": cfg.backbone.model_dump(mode="json"), "init": init,
                 "strategy": self.strategy.model_dump(mode="json"), "fraction": self.fraction, "seed": self.seed,
-                "train": _train_identity(cfg, segmentation),
+                "train": _train_identity(cfg, segmentation, self.strategy.name != "knn" and n_train is not None
+                                         and drops_with_full_batches(max(n_train, cfg.train.min_samples_per_epoch),
+                                                                     cfg.train.batch_size)),
                 **({} if self.policy.is_none else {"policy": self.policy.identity()})}
 
     def run_id(self, cfg: ExperimentConfig, init_sha256: str | None, segmentation: bool = False,
-               normalisation: Normalisation = DEFAULT) -> str:
+               normalisation: Normalisation = DEFAULT, n_train: int | None = None) -> str:
         """Hash of ``resolved``; a 0.5 / 0.5 normalisation, which every run used before inits carried their own, is
         left out, so those runs keep the ids their stored results have."""
-        identity = self.resolved(cfg, init_sha256, segmentation, normalisation)
+        identity = self.resolved(cfg, init_sha256, segmentation, normalisation, n_train)
         if normalisation.is_default:
             del identity["init"]["normalisation"]
         identity["init"].pop("members", None)  # names only: renaming a member's label re-runs nothing
         return config_hash(identity)
 
 
-def _train_identity(cfg: ExperimentConfig, segmentation: bool) -> dict:
+def _train_identity(cfg: ExperimentConfig, segmentation: bool, keeps_partial_batch: bool = False) -> dict:
     """The schedule as it acts on this run: the monitor resolved, the segmentation block only for segmentation.
-    Settings that cannot change a run stay out of its hash, so adding such a setting never re-runs stored work."""
+    Settings that cannot change a run stay out of its hash, so adding such a setting never re-runs stored work;
+    ``last_batch`` marks the runs whose epochs changed when the partial last batch stopped being dropped."""
     train = cfg.train.model_dump(mode="json")
+    if keeps_partial_batch:
+        train["last_batch"] = "kept"
     if not segmentation:
         train.pop("segmentation")
     if train["monitor"] is None:
@@ -88,7 +97,8 @@ def dataset_labels(datasets: list[DatasetConfig]) -> list[str]:
     names = [d.name for d in datasets]
 
     def settings(d: DatasetConfig) -> dict:
-        return {**d.options, **({"resize": d.resize} if d.resize is not None else {})}
+        return {**d.options, **({"resize": d.resize} if d.resize is not None else {}),
+                **({"resize_mode": d.resize_mode} if d.resize_mode != "linear" else {})}
 
     return [d.name if names.count(d.name) == 1 else
             f"{d.name}[{','.join(f'{k}={v}' for k, v in sorted(settings(d).items()))}]" for d in datasets]

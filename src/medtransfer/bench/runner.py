@@ -157,11 +157,12 @@ def run_normalisation(prepared: Prepared, spec: RunSpec) -> Normalisation:
     return prepared.init_normalisation[spec.init.name].for_channels(prepared.data[spec.dataset_label].in_chans)
 
 
-def run_identity(prepared: Prepared, spec: RunSpec) -> tuple[str | None, bool, Normalisation]:
+def run_identity(prepared: Prepared, spec: RunSpec) -> tuple[str | None, bool, Normalisation, int]:
     """What identifies a run besides its config: the init's content hash, whether it segments (which settings act on
-    it), and the normalisation it is fed; ``RunSpec.run_id``/``resolved`` take these, in every executor."""
+    it), the normalisation it is fed and its number of labelled images; ``RunSpec.run_id``/``resolved`` take these,
+    in every executor."""
     return (prepared.init_sha256[spec.init.name], prepared.data[spec.dataset_label].task == "segmentation",
-            run_normalisation(prepared, spec))
+            run_normalisation(prepared, spec), len(prepared.subsets[spec.dataset_label, spec.fraction, spec.seed]))
 
 
 def run_pretrainings(cfg: ExperimentConfig, prepared: Prepared, folder: Path, verbose: bool) -> None:
@@ -194,7 +195,7 @@ def run_one(cfg: ExperimentConfig, spec: RunSpec, prepared: Prepared, workdir: P
     with torch_threads(cfg.hardware.cpus_per_run):
         result = fine_tune(data, indices, backbone, spec.strategy, view, cfg.train, cfg.hardware, spec.seed, workdir,
                            input_size=input_size, verbose=verbose, normalisation=run_normalisation(prepared, spec),
-                           policy=spec.policy)
+                           policy=spec.policy, resize_mode=spec.dataset.resize_mode)
     return result, indices
 
 

@@ -21,10 +21,16 @@ from medtransfer.data.normalisation import DEFAULT, Normalisation
 AUGMENTS = ("none", "flip", "light", "strong")
 
 
-def to_unit_range(x: torch.Tensor, size: tuple[int, ...] | None = None) -> torch.Tensor:
-    """uint8 -> float in [0, 1], resized (bi/trilinear) when ``size`` differs from the stored size."""
+RESIZE_MODES = ("linear", "nearest")
+
+
+def to_unit_range(x: torch.Tensor, size: tuple[int, ...] | None = None, mode: str = "linear") -> torch.Tensor:
+    """uint8 -> float in [0, 1], resized when ``size`` differs from the stored size: bi/trilinear, or ``nearest``
+    (pixel replication at integer factors, as PIL's NEAREST that MedMNIST v2's "(224)" rows were trained with)."""
     x = x.float() / 255.0
     if size is not None and tuple(x.shape[2:]) != tuple(size):
+        if mode == "nearest":
+            return F.interpolate(x, size=size, mode="nearest")
         x = F.interpolate(x, size=size, mode="bilinear" if x.ndim == 4 else "trilinear", align_corners=False)
     return x
 
@@ -79,13 +85,15 @@ class Preprocess(_Normalised):
     """uint8 batch -> normalised float batch, with optional training-time augmentation."""
 
     def __init__(self, spatial_dims: int, size: tuple[int, ...] | None = None, augment: str = "none",
-                 normalisation: Normalisation = DEFAULT):
+                 normalisation: Normalisation = DEFAULT, resize_mode: str = "linear"):
         super().__init__(spatial_dims, normalisation)
-        self.size = size
+        if resize_mode not in RESIZE_MODES:
+            raise ValueError(f"resize_mode: {resize_mode!r}; allowed: {', '.join(RESIZE_MODES)}")
+        self.size, self.resize_mode = size, resize_mode
         self.augment, self.photometric = _fine_tune_augment(augment, spatial_dims)
 
     def forward(self, x: torch.Tensor, train: bool = False) -> torch.Tensor:
-        x = to_unit_range(x, self.size)
+        x = to_unit_range(x, self.size, self.resize_mode)
         if train and self.augment is not None:
             x = _augmented(self.augment(x), self.photometric)
         return self.normalise(x)

@@ -26,6 +26,7 @@ from medtransfer.data.normalisation import DEFAULT, Normalisation
 from medtransfer.data.transforms import Preprocess
 from medtransfer.errors import ConfigError, allowed
 from medtransfer.evaluate import LOWER_IS_BETTER, METRICS, SEGMENTATION_METRICS
+from medtransfer.finetune.batches import EveryBatch
 from medtransfer.finetune.diagnostics import diagnose
 from medtransfer.finetune.frozen import cached_input_spec, fine_tune_on_features
 from medtransfer.finetune.module import FineTuner
@@ -105,10 +106,11 @@ def fine_tune(data: ImageDataset, train_indices: np.ndarray, backbone: Backbone,
               train: TrainConfig, hardware: HardwareConfig, seed: int, workdir: Path,
               input_size: tuple[int, ...] | None = None, verbose: bool = False,
               normalisation: Normalisation = DEFAULT, frozen_features: bool = True,
-              policy: TrainingPolicy = NO_POLICY) -> FineTuneResult:
+              policy: TrainingPolicy = NO_POLICY, resize_mode: str = "linear") -> FineTuneResult:
     """Fine-tune ``backbone`` (already initialised) on ``train_indices`` of ``data.train``; returns test metrics.
 
     ``normalisation`` is the init's, for the data's channels (``Normalisation.for_channels``); 0.5 / 0.5 by default.
+    ``resize_mode`` is how images are brought to ``input_size`` (``transforms.to_unit_range``).
 
     The caller seeds before building the backbone; this function re-seeds so the head, data order and
     augmentation are fixed by ``seed`` too. A backbone or prefix frozen for the whole run (``linear``, ``knn``,
@@ -130,7 +132,7 @@ def fine_tune(data: ImageDataset, train_indices: np.ndarray, backbone: Backbone,
         if channels_last:
             model = model.to(memory_format=torch.channels_last)
         preprocess = Preprocess(data.spatial_dims, size=input_size, augment=policy.augment(train.augment),
-                                normalisation=normalisation)
+                                normalisation=normalisation, resize_mode=resize_mode)
         criterion = policy.criterion(data.task, data.train.labels[train_indices], data.num_classes)
         module = FineTuner(model, data.task, strategy, view, train, preprocess, channels_last, policy, criterion)
         spec = cached_input_spec(strategy, module, data, input_size or data.image_size, view, train, hardware,
@@ -160,8 +162,7 @@ def fit_and_test(module: FineTuner, model: torch.nn.Module, data: ImageDataset, 
     sampler = module.policy.sampler(train_set.tensors[2].numpy(), per_epoch, generator)  # e.g. class-balanced
     if sampler is None:
         sampler = RandomSampler(train_set, num_samples=per_epoch, generator=generator)
-    train_loader = DataLoader(train_set, batch_size=train.batch_size, sampler=sampler,
-                              drop_last=per_epoch > train.batch_size)  # a size-1 last batch would break BatchNorm
+    train_loader = DataLoader(train_set, batch_sampler=EveryBatch(sampler, train.batch_size, drop_last=False))
 
     mode = "min" if monitor in LOWER_IS_BETTER else "max"
     monitor = f"val/{monitor}"

@@ -65,6 +65,7 @@ def resolved_pretrain_config(cfg: PretrainConfig) -> dict:
     The online probe only watches, so it does not change the identity of a pre-training."""
     resolved = cfg.model_dump(mode="json", exclude={"output", "hardware", "online_probe"})
     resolved["data"]["options"] = identity_options(resolved["data"]["options"])
+    resolved["data"].pop("resize_mode")  # pre-training always resizes linearly (``check`` refuses another mode)
     if isinstance(resolved.get("init"), dict) and resolved["init"].get("normalisation") is None:
         resolved["init"].pop("normalisation", None)  # unset: the hash of pre-trainings from before the setting
     if cfg.init is not None:
@@ -167,6 +168,9 @@ class PretrainPlan:
         """Everything that can fail before a step is taken; nothing is trained or written."""
         cfg = self.cfg
         self.options = check_options(cfg)
+        if cfg.data.resize_mode != "linear":
+            raise ConfigError(f"{self.where}data.resize_mode: {cfg.data.resize_mode!r}; allowed: linear (the views "
+                              "of pre-training resize linearly; nearest is a fine-tuning setting)")
         self.init = resolve_init(cfg)  # a missing init file or an uncached zoo model fails here
         self.init_normalisation = pretrain_init_normalisation(cfg)
         self.data = load_dataset(cfg.data.name, **cfg.data.options)
