@@ -14,6 +14,7 @@ from pydantic import (AfterValidator, BaseModel, ConfigDict, Discriminator, Fiel
                       ValidationInfo, field_validator, model_validator)
 from typing_extensions import Annotated
 
+from medtransfer.data.imbalance import ImbalanceConfig
 from medtransfer.errors import ConfigError, allowed
 from medtransfer.seeds import Seed
 from medtransfer.yaml_loader import safe_load_unique
@@ -302,7 +303,8 @@ class InitConfig(_WeightFields):
 
 
 class ExperimentConfig(Strict):
-    """A grid: inits x datasets x strategies x label fractions x seeds, all sharing one backbone and schedule."""
+    """A grid: inits x datasets x strategies x label fractions x imbalance ratios x seeds, all sharing one backbone
+    and schedule."""
 
     name: str
     output: Optional[FilePath] = None
@@ -314,6 +316,7 @@ class ExperimentConfig(Strict):
     seeds: list[Seed] = Field(default_factory=lambda: [0], min_length=1)
     train: TrainConfig = TrainConfig()
     hardware: HardwareConfig = HardwareConfig()
+    imbalance: ImbalanceConfig = ImbalanceConfig()  # data.imbalance: training ratios majority : rare class
 
     @field_validator("strategies")
     @classmethod

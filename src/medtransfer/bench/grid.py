@@ -1,7 +1,7 @@
 """Expanding an experiment into runs, each identified by the hash of its fully resolved config.
 
 The hash covers everything that changes a result (data and its options, backbone, the init's *content* hash and
-input normalisation, strategy, label fraction, seed, schedule) and nothing that does not (hardware, output folder),
+input normalisation, strategy, label fraction, seed, schedule, and the imbalance ratio when one is set) and nothing that does not (hardware, output folder),
 so re-running an experiment on another machine skips what is finished and a changed checkpoint file is never
 mistaken for the old.
 """
@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from medtransfer.bench.store import config_hash
 from medtransfer.config import DatasetConfig, ExperimentConfig, InitConfig
 from medtransfer.data import identity_options
+from medtransfer.data.imbalance import Imbalance, with_ratio
 from medtransfer.data.normalisation import DEFAULT, Normalisation
 from medtransfer.finetune.strategies import Strategy
 
@@ -26,9 +27,10 @@ class RunSpec:
     strategy: Strategy
     fraction: float
     seed: int
+    imbalance: Imbalance | None = None  # None: the natural ratio
 
     def labels(self) -> dict:
-        return {"dataset": self.dataset_label, "init": self.init.name, "strategy": self.strategy.label(),
+        return {"dataset": with_ratio(self.dataset_label, self.imbalance), "init": self.init.name, "strategy": self.strategy.label(),
                 "fraction": self.fraction, "seed": self.seed}
 
     def resolved(self, cfg: ExperimentConfig, init_sha256: str | None, segmentation: bool = False,
@@ -40,7 +42,8 @@ class RunSpec:
                 "init": {"kind": _init_kind(self.init), "sha256": init_sha256,
                          "normalisation": normalisation.to_dict()},
                 "strategy": self.strategy.model_dump(mode="json"), "fraction": self.fraction, "seed": self.seed,
-                "train": _train_identity(cfg, segmentation)}
+                "train": _train_identity(cfg, segmentation),
+                **({"imbalance": self.imbalance.to_dict()} if self.imbalance else {})}  # set only: old ids stay
 
     def run_id(self, cfg: ExperimentConfig, init_sha256: str | None, segmentation: bool = False,
                normalisation: Normalisation = DEFAULT) -> str:
@@ -80,8 +83,10 @@ def dataset_labels(datasets: list[DatasetConfig]) -> list[str]:
 
 
 def expand(cfg: ExperimentConfig) -> list[RunSpec]:
-    """inits x datasets x strategies x label fractions x seeds, in an order that finishes whole seeds early."""
+    """inits x datasets x strategies x label fractions x imbalance ratios x seeds, in an order that finishes whole
+    seeds early."""
     labels = dataset_labels(cfg.datasets)
-    return [RunSpec(dataset, label, init, strategy, fraction, seed)
-            for seed, (dataset, label), init, fraction, strategy in itertools.product(
-                cfg.seeds, zip(cfg.datasets, labels), cfg.inits, cfg.label_fractions, cfg.strategies)]
+    return [RunSpec(dataset, label, init, strategy, fraction, seed, imbalance)
+            for seed, (dataset, label), imbalance, init, fraction, strategy in itertools.product(
+                cfg.seeds, zip(cfg.datasets, labels), cfg.imbalance.settings(), cfg.inits, cfg.label_fractions,
+                cfg.strategies)]
