@@ -39,8 +39,8 @@ def test_imbalance_grid_runs_end_to_end_and_shows_the_ratio(tmp_path, capsys):
     assert natural["extra"]["imbalance"]["natural_ratio"] == 1.0 and "imbalance" not in natural["config"]
     assert natural["extra"]["class_counts"]["per_class"] == [30, 30, 30]
     record = at_3["extra"]["imbalance"]
-    assert record == {"mode": "subsample", "ratio": 3, "rare_class": 0, "natural_ratio": 1.0, "achieved_ratio": 3.0,
-                      "per_class": [10, 30, 30]}
+    assert record == {"mode": "subsample", "ratio": 3, "rare_class": 0, "rare_named": False, "natural_ratio": 1.0,
+                      "achieved_ratio": 3.0, "per_class": [10, 30, 30]}
     assert at_3["extra"]["class_counts"]["per_class"] == [10, 30, 30] and at_3["extra"]["n_train"] == 70
     assert at_3["config"]["imbalance"] == {"ratio": 3, "mode": "subsample", "rare_class": None}
     assert np.isfinite(at_3["metric.ap"]) and at_3["metric.rare_ap"] == at_3["per_class"]["ap"][0]

@@ -37,8 +37,8 @@ def test_subsample_ratio_is_exact_and_keeps_the_minority_below_the_natural_ratio
 def test_natural_ratio_keeps_the_subset_and_records_it():
     p, subset = plan(None)
     np.testing.assert_array_equal(p.indices, subset)
-    assert p.record == {"mode": None, "ratio": None, "rare_class": 1, "natural_ratio": 3.0, "achieved_ratio": 3.0,
-                        "per_class": [600, 200]}
+    assert p.record == {"mode": None, "ratio": None, "rare_class": 1, "rare_named": False, "natural_ratio": 3.0,
+                        "achieved_ratio": 3.0, "per_class": [600, 200]}
 
 
 def test_subsets_are_seeded_and_nested_in_label_fractions_and_each_other():
@@ -55,7 +55,7 @@ def test_subsets_are_seeded_and_nested_in_label_fractions_and_each_other():
 def test_named_rare_class_makes_the_other_class_the_majority():
     p, _ = plan(10, rare="pneumonia")
     assert counts(BINARY, p.indices).tolist() == [20, 200]  # normal is now the majority, at 10 : 1
-    assert p.record["rare_class"] == 0 and p.record["achieved_ratio"] == 10
+    assert p.record["rare_class"] == 0 and p.record["rare_named"] and p.record["achieved_ratio"] == 10
 
 
 def test_multiclass_caps_each_class_against_the_smallest():

@@ -204,9 +204,9 @@ def test_ap_of_an_absent_class_and_precision_of_a_never_predicted_one_are_nan():
 
 def test_rare_class_headlines_need_a_named_or_clearly_rare_class():
     _, per_class = compute_metrics("binary", Y_BIN, S_BIN)
-    record = {"rare_class": 0, "achieved_ratio": 2.5}
-    assert rare_class_metrics(per_class, record, named=False) == {"rare_ap": per_class["ap"][0],
-                                                                   "rare_recall": per_class["recall"][0]}
-    balanced = {"rare_class": 0, "achieved_ratio": 1.2}
-    assert rare_class_metrics(per_class, balanced, named=False) == {}
-    assert set(rare_class_metrics(per_class, balanced, named=True)) == {"rare_ap", "rare_recall"}
+    record = {"rare_class": 0, "rare_named": False, "achieved_ratio": 2.5}
+    assert rare_class_metrics(per_class, record) == {"rare_ap": per_class["ap"][0],
+                                                     "rare_recall": per_class["recall"][0]}
+    balanced = {"rare_class": 0, "rare_named": False, "achieved_ratio": 1.2}
+    assert rare_class_metrics(per_class, balanced) == {} and rare_class_metrics(per_class, None) == {}
+    assert set(rare_class_metrics(per_class, {**balanced, "rare_named": True})) == {"rare_ap", "rare_recall"}

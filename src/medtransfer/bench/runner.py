@@ -204,7 +204,7 @@ def run_one(cfg: ExperimentConfig, spec: RunSpec, prepared: Prepared, workdir: P
                            epoch_draw=plan and plan.draw)
     result.imbalance = plan and plan.record
     if plan is not None:
-        result.metrics.update(rare_class_metrics(result.per_class, plan.record, cfg.imbalance.rare_class is not None))
+        result.metrics.update(rare_class_metrics(result.per_class, plan.record))
     return result, indices
 
 

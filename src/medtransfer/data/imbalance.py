@@ -167,7 +167,8 @@ def plan_imbalance(labels: np.ndarray, task: str, subset: np.ndarray, seed: int,
     n = np.array([len(m) for m in members])
     rare = int(np.argmin(n)) if named is None else named
     largest = int(max(np.delete(n, rare)))
-    record = {"mode": None, "ratio": None, "rare_class": rare, "natural_ratio": float(largest / n[rare])}
+    record = {"mode": None, "ratio": None, "rare_class": rare, "rare_named": named is not None,
+              "natural_ratio": float(largest / n[rare])}
     if setting is None:
         return ImbalancePlan(subset, None, {**record, "achieved_ratio": record["natural_ratio"],
                                             "per_class": n.tolist()})

@@ -220,14 +220,17 @@ def compute_metrics(
     return overall, per_class
 
 
-def rare_class_metrics(per_class: dict[str, list[float]], imbalance: dict, named: bool) -> dict[str, float]:
-    """The rare class's AUPRC and recall as headline metrics (``rare_ap``, ``rare_recall``), when the task has one.
+def rare_class(imbalance: dict | None) -> int | None:
+    """The rare class of a run, from its imbalance record (``data.imbalance``): the named one, or else the least
+    frequent class of its training data, which counts as rare only when those data are at least RARE_RATIO times
+    imbalanced (largest : least frequent class, ``achieved_ratio``). Balanced data have no rare class."""
+    if not imbalance or not (imbalance.get("rare_named") or imbalance["achieved_ratio"] >= RARE_RATIO):
+        return None
+    return imbalance["rare_class"]
 
-    ``imbalance`` is the run's record (``data.imbalance``): its ``rare_class`` is the named one, or else the least
-    frequent class of the training data, which counts as rare only when the training data are at least RARE_RATIO
-    times imbalanced (largest : rare class, ``achieved_ratio``); balanced data have no rare class and no headline.
-    """
-    if not named and imbalance["achieved_ratio"] < RARE_RATIO:
-        return {}
-    rare = imbalance["rare_class"]
-    return {name: per_class[key][rare] for name, key in RARE_HEADLINES.items() if key in per_class}
+
+def rare_class_metrics(per_class: dict[str, list[float]], imbalance: dict) -> dict[str, float]:
+    """The rare class's AUPRC and recall as headline metrics (``rare_ap``, ``rare_recall``) when the run has one."""
+    rare = rare_class(imbalance)
+    return {} if rare is None else {name: per_class[key][rare] for name, key in RARE_HEADLINES.items()
+                                    if key in per_class}

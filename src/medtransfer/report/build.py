@@ -15,7 +15,7 @@ from medtransfer import __version__
 from medtransfer.errors import ConfigError, MedtransferError, allowed
 from medtransfer.evaluate.statistics import MARKERS, NOT_SIGNIFICANT
 from medtransfer.report import comparisons as cmp
-from medtransfer.report import plots, tables
+from medtransfer.report import imbalance, plots, tables
 from medtransfer.report.coverage import RUN_KEYS, finished_runs, metric_names, missing_runs
 from medtransfer.report.integrity import check_one_experiment, select_config, warning_table
 from medtransfer.report.html import esc, figure_html, frame_html, page, runs_html
@@ -35,6 +35,7 @@ class Analysis:
     missing: pd.DataFrame
     warnings: pd.DataFrame = field(default_factory=pd.DataFrame)  # one row per (run, stored warning)
     figures: list[tuple[str, str, Figure]] = field(default_factory=list)
+    class_gains: pd.DataFrame = field(default_factory=pd.DataFrame)  # report.imbalance: per class, vs the baseline
     notes: list[str] = field(default_factory=list)
 
 
@@ -102,6 +103,9 @@ def _figures(a: Analysis, runs_folder) -> None:
                           plots.per_class_bars(per_class, key, a.strategy)))
     else:
         a.notes.append("No per-class values of a task with more than two classes or labels: no per-class bars.")
+    a.class_gains, figures, notes = imbalance.report_parts(a.rows, a.metric, a.baseline.init)
+    a.figures += figures
+    a.notes += notes
     log = plots.training_log(a.rows, runs_folder, a.strategy) if runs_folder else pd.DataFrame()
     if len(log):
         a.figures.append(("training-curves", f"training loss and validation {a.metric} per epoch under {a.strategy}, "
@@ -175,6 +179,9 @@ def build_report(rows: pd.DataFrame, output_dir: str | Path, metric: str | None 
     (out / "comparisons.md").write_text(cmp.to_markdown(a.comparisons), encoding="utf-8")
     (out / "comparisons.tex").write_text(cmp.to_latex(a.comparisons), encoding="utf-8")
     a.missing.to_csv(out / "missing_runs.csv", index=False)
+    a.class_gains.to_csv(out / "per_class.csv", index=False)
+    per_class = imbalance.per_class_display(a.class_gains)
+    (out / "per_class.md").write_text(per_class.to_markdown(index=False, disable_numparse=True), encoding="utf-8")
     figures = []
     for name, caption, fig in a.figures:
         element, png = figure_html(fig, caption, name)
@@ -190,6 +197,10 @@ def build_report(rows: pd.DataFrame, output_dir: str | Path, metric: str | None 
         ("summary", "Summary: mean ± std and 95 % CI over seeds", summaries),
         ("figures", "Figures", "\n".join(figures)),
         ("comparisons", f"Comparisons against {a.baseline} ({a.metric})", _comparisons_html(a)),
+        ("per-class", f"Per class: gains over {a.baseline.init} (rare classes marked)",
+         f"<p>Per-class {esc(imbalance.gain_key(a.rows) or '')}, mean over seeds; gain = init − {esc(a.baseline.init)}"
+         " averaged over the seeds both ran; prevalence = the class's share of the training examples per epoch."
+         f"</p>{frame_html(per_class, 'per-class')}"),
         ("missing", "Missing runs", missing),
         ("warnings", "Warnings", frame_html(a.warnings, "warnings") if len(a.warnings) else
          "<p>None: no finished run stored a warning.</p>"),
