@@ -197,10 +197,10 @@ def build_report(rows: pd.DataFrame, output_dir: str | Path, metric: str | None 
         ("summary", "Summary: mean ± std and 95 % CI over seeds", summaries),
         ("figures", "Figures", "\n".join(figures)),
         ("comparisons", f"Comparisons against {a.baseline} ({a.metric})", _comparisons_html(a)),
-        ("per-class", f"Per class: gains over {a.baseline.init} (rare classes marked)",
-         f"<p>Per-class {esc(imbalance.gain_key(a.rows) or '')}, mean over seeds; gain = init − {esc(a.baseline.init)}"
-         " averaged over the seeds both ran; prevalence = the class's share of the training examples per epoch."
-         f"</p>{frame_html(per_class, 'per-class')}"),
+        *([("per-class", f"Per class: gains over {a.baseline.init} (rare classes marked)",
+            f"<p>Per-class {esc(imbalance.gain_key(a.rows) or '')}, mean over seeds; gain = init − "
+            f"{esc(a.baseline.init)} averaged over the seeds both ran; prevalence = the class's share of the training "
+            f"examples per epoch.</p>{frame_html(per_class, 'per-class')}")] if len(per_class) else []),
         ("missing", "Missing runs", missing),
         ("warnings", "Warnings", frame_html(a.warnings, "warnings") if len(a.warnings) else
          "<p>None: no finished run stored a warning.</p>"),
