@@ -201,7 +201,7 @@ def run_one(cfg: ExperimentConfig, spec: RunSpec, prepared: Prepared, workdir: P
     with torch_threads(cfg.hardware.cpus_per_run):
         result = fine_tune(data, indices, backbone, spec.strategy, view, cfg.train, cfg.hardware, spec.seed, workdir,
                            input_size=input_size, verbose=verbose, normalisation=run_normalisation(prepared, spec),
-                           epoch_draw=plan and plan.draw)
+                           **({"epoch_draw": plan.draw} if plan and plan.draw else {}))
     result.imbalance = plan and plan.record
     if plan is not None:
         result.metrics.update(rare_class_metrics(result.per_class, plan.record))
