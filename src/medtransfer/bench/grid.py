@@ -1,9 +1,9 @@
 """Expanding an experiment into runs, each identified by the hash of its fully resolved config.
 
 The hash covers everything that changes a result (data and its options, backbone, the init's *content* hash and
-input normalisation, strategy, label fraction, seed, schedule, and the imbalance ratio when one is set) and nothing that does not (hardware, output folder),
-so re-running an experiment on another machine skips what is finished and a changed checkpoint file is never
-mistaken for the old.
+input normalisation, strategy, label fraction, seed, schedule; the imbalance ratio only when one is set) and nothing
+that does not (hardware, output folder), so re-running an experiment on another machine skips what is finished and
+a changed checkpoint file is never mistaken for the old.
 """
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ class RunSpec:
     imbalance: Imbalance | None = None  # None: the natural ratio
 
     def labels(self) -> dict:
-        return {"dataset": with_ratio(self.dataset_label, self.imbalance), "init": self.init.name, "strategy": self.strategy.label(),
-                "fraction": self.fraction, "seed": self.seed}
+        return {"dataset": with_ratio(self.dataset_label, self.imbalance),  # a ratio is part of the training data
+                "init": self.init.name, "strategy": self.strategy.label(), "fraction": self.fraction, "seed": self.seed}
 
     def resolved(self, cfg: ExperimentConfig, init_sha256: str | None, segmentation: bool = False,
                  normalisation: Normalisation = DEFAULT) -> dict:
