@@ -102,6 +102,8 @@ def test_resample_keeps_the_minority_and_redraws_the_majority_every_epoch():
     other = EpochSampler(plan(2, mode="resample", seed=3)[0].draw)
     assert frozenset(subset[list(other)]) != epochs[0]
     assert len(EpochSampler(p.draw, min_samples=1000)) == 1000
+    unset = EpochSampler(p.draw)  # passes without set_epoch (a DDP wrapper) still advance through the epochs
+    assert [frozenset(subset[list(unset)]) for _ in range(3)] == epochs
 
 
 def test_config_shorthand_and_errors_name_the_key():

@@ -116,7 +116,8 @@ class EpochDraw:
 
 
 class EpochSampler(Sampler[int]):
-    """Lightning calls ``set_epoch`` before every training epoch, so each epoch trains on its own draw."""
+    """Each pass trains on its own draw: Lightning calls ``set_epoch`` before every training epoch, and a pass
+    without it (a DDP wrapper that re-reads the sampler) takes the next epoch's draw, the same on every rank."""
 
     def __init__(self, draw: EpochDraw, min_samples: int = 0):
         self.draw, self.n, self.epoch = draw, max(draw.size, min_samples), 0
@@ -128,7 +129,9 @@ class EpochSampler(Sampler[int]):
         return self.n
 
     def __iter__(self) -> Iterator[int]:
-        return iter(self.draw.order(self.epoch, self.n).tolist())
+        order = self.draw.order(self.epoch, self.n)
+        self.epoch += 1
+        return iter(order.tolist())
 
 
 @dataclass(frozen=True)
