@@ -18,10 +18,12 @@ from matplotlib.figure import Figure
 from medtransfer.data.imbalance import split_ratio
 from medtransfer.evaluate.metrics import rare_class
 from medtransfer.report.coverage import finished_runs
+from medtransfer.report.integrity import CELL as RUN_CELL
 from medtransfer.report.plots import _grid
 
 GAIN_KEYS = ("ap", "recall")  # the per-class metrics a gain is read in, first present wins
-CELL = ["dataset", "fraction", "strategy", "class"]
+SETTING = [c for c in RUN_CELL if c != "init"]  # what a run's cell is besides its init: compared within, never pooled
+CELL = [*SETTING, "class"]
 GAIN_COLUMNS = [*CELL, "name", "prevalence", "rare", "init", "mean", "n", "baseline_mean", "gain", "n_pairs"]
 
 
@@ -42,8 +44,7 @@ def _per_run(rows: pd.DataFrame, key: str) -> pd.DataFrame:
             continue
         names = extra.get("class_names") or [str(c) for c in range(len(values))]
         rare = rare_class(extra.get("imbalance"))
-        records += [{"dataset": run.dataset, "fraction": run.fraction, "strategy": run.strategy, "init": run.init,
-                     "seed": run.seed, "class": c, "name": names[c], "value": v, "rare": c == rare,
+        records += [{**{k: getattr(run, k) for k in SETTING}, "init": run.init, "seed": run.seed, "class": c, "name": names[c], "value": v, "rare": c == rare,
                      "prevalence": counts["per_class"][c] / counts["n"]} for c, v in enumerate(values)]
     return pd.DataFrame(records, columns=[*CELL, "init", "seed", "name", "value", "rare", "prevalence"])
 
@@ -59,7 +60,7 @@ def class_gains(rows: pd.DataFrame, baseline: str, key: str | None = None) -> pd
         return pd.DataFrame(columns=GAIN_COLUMNS)
     records = []
     for cell, group in per_run.groupby(CELL, sort=True):
-        values = group.pivot_table(index="seed", columns="init", values="value", aggfunc="first")
+        values = group.pivot(index=["seed"], columns="init", values="value")  # raises, never pools, on duplicates
         for init in values.columns:
             pairs = (values[init] - values[baseline]).dropna() if baseline in values and init != baseline \
                 else pd.Series(dtype=float)
@@ -73,12 +74,13 @@ def class_gains(rows: pd.DataFrame, baseline: str, key: str | None = None) -> pd
 
 def gain_vs_prevalence(gains: pd.DataFrame, key: str, baseline: str) -> Figure:
     """Gain over ``baseline`` (y) against training prevalence (x, log) per class, one colour per init, one panel per
-    strategy; rare classes are filled and labelled with their ratio, others hollow."""
+    setting other than dataset and fraction (the strategy); rare classes are filled and labelled with their ratio."""
     part = gains.dropna(subset=["gain"])
-    panels = list(part.groupby("strategy", sort=True))
+    by = [c for c in SETTING if c not in ("dataset", "fraction")]
+    panels = list(part.groupby(by, sort=True))
     fig, axes = _grid(len(panels), width=4.2, height=3.2)
     inits = sorted(part["init"].unique())
-    for ax, (strategy, group) in zip(axes, panels):
+    for ax, (setting, group) in zip(axes, panels):
         for i, init in enumerate(inits):
             points = group[group["init"] == init]
             for rare, face in ((True, f"C{i % 10}"), (False, "none")):
@@ -92,7 +94,7 @@ def gain_vs_prevalence(gains: pd.DataFrame, key: str, baseline: str) -> Figure:
         ax.set_xscale("log")
         ax.set_xlabel("class prevalence in training", fontsize=8)
         ax.set_ylabel(f"per-class {key}: init − {baseline}", fontsize=8)
-        ax.set_title(strategy, fontsize=9)
+        ax.set_title(_panel_title(dict(zip(by, setting))), fontsize=9)
         ax.grid(alpha=0.3)
     if axes:
         fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", ncols=min(len(inits), 6),
@@ -105,19 +107,25 @@ def ratio_table(rows: pd.DataFrame, metric: str) -> pd.DataFrame:
     "natural" or "r:1", ordered natural first, then by r."""
     done = finished_runs(rows)
     split = pd.DataFrame([split_ratio(d) for d in done["dataset"]], columns=["base", "ratio"], index=done.index)
-    table = (done.join(split).groupby(["base", "fraction", "strategy", "ratio", "init"], sort=True)[f"metric.{metric}"]
-             .agg(mean="mean", n="count").reset_index().rename(columns={"base": "dataset"}))
+    done = done.drop(columns="dataset").join(split).rename(columns={"base": "dataset"})
+    table = (done.groupby([*SETTING, "ratio", "init"], sort=True)[f"metric.{metric}"].agg(mean="mean", n="count")
+             .reset_index())
     order = table["ratio"].map(lambda r: -1.0 if r == "natural" else float(r.split(":")[0]))
-    return table.assign(order=order).sort_values(["dataset", "fraction", "strategy", "order", "init"]) \
-        .drop(columns="order").reset_index(drop=True)
+    return table.assign(order=order).sort_values([*SETTING, "order", "init"]).drop(columns="order") \
+        .reset_index(drop=True)
+
+
+def _panel_title(setting: dict) -> str:
+    return " · ".join(f"{v * 100:g}% labels" if k == "fraction" else str(v) for k, v in setting.items())
 
 
 def ratio_heatmap(table: pd.DataFrame, metric: str) -> Figure:
-    """Heatmap of a ``ratio_table``: init (rows) x ratio (columns), one panel per (dataset, fraction, strategy)."""
-    panels = list(table.groupby(["dataset", "fraction", "strategy"], sort=True))
+    """Heatmap of a ``ratio_table``: init (rows) x ratio (columns), one panel per setting (dataset, strategy,
+    fraction)."""
+    panels = list(table.groupby(SETTING, sort=True))
     fig, axes = _grid(len(panels), width=1.6 + 1.0 * table["ratio"].nunique(),
                       height=1.2 + 0.45 * table["init"].nunique())
-    for ax, ((dataset, fraction, strategy), group) in zip(axes, panels):
+    for ax, (key, group) in zip(axes, panels):
         grid = group.pivot(index="init", columns="ratio", values="mean")[group["ratio"].drop_duplicates().tolist()]
         values = grid.to_numpy(dtype=float)
         image = ax.imshow(values, cmap="viridis", aspect="auto")
@@ -128,7 +136,7 @@ def ratio_heatmap(table: pd.DataFrame, metric: str) -> Figure:
         ax.set_xticks(range(grid.shape[1]), grid.columns, fontsize=8)
         ax.set_yticks(range(grid.shape[0]), grid.index, fontsize=8)
         ax.set_xlabel("training ratio majority : rare", fontsize=8)
-        ax.set_title(f"{dataset} · {fraction * 100:g}% labels · {strategy}", fontsize=9)
+        ax.set_title(_panel_title(dict(zip(SETTING, key))), fontsize=9)
         fig.colorbar(image, ax=ax, label=metric, shrink=0.8)
     return fig
 
