@@ -51,14 +51,15 @@ def test_resample_trains_on_a_fresh_draw_each_epoch(tmp_path, monkeypatch):
     epochs = []
     set_epoch = EpochSampler.set_epoch
     monkeypatch.setattr(EpochSampler, "set_epoch", lambda self, e: (epochs.append(e), set_epoch(self, e)))
-    experiment = {**EXPERIMENT, "strategies": ["end_to_end"], "train": {"epochs": 2, "batch_size": 32},
+    experiment = {**EXPERIMENT, "strategies": ["end_to_end", "linear"], "train": {"epochs": 2, "batch_size": 32},
                   "imbalance": {"ratios": [2], "mode": "resample", "rare_class": "nodule"}}
     assert run(tmp_path, experiment) == 2  # balanced 30 : 30 : 30 cannot reach 2 : 1 keeping every rare example
     experiment["imbalance"]["ratios"] = [1]
     assert run(tmp_path, experiment) == 0
-    assert epochs == [0, 1]  # Lightning asks the sampler for each epoch's draw
-    record = ResultStore(tmp_path / "out").rows().iloc[0]["extra"]["imbalance"]
-    assert record["mode"] == "resample" and record["rare_class"] == 1 and record["achieved_ratio"] == 1.0
+    assert epochs == [0, 1, 0, 1]  # Lightning asks for each epoch's draw, on images and on cached features alike
+    for extra in ResultStore(tmp_path / "out").rows()["extra"]:
+        record = extra["imbalance"]
+        assert record["mode"] == "resample" and record["rare_class"] == 1 and record["achieved_ratio"] == 1.0
 
 
 def test_unreachable_ratio_is_one_error_before_training(tmp_path, capsys, monkeypatch):
