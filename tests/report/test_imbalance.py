@@ -73,3 +73,15 @@ def test_report_shows_gains_heatmap_and_marks_rare_classes(rows, tmp_path):
     table = (tmp_path / "per_class.md").read_text(encoding="utf-8")
     assert "| toy       | 50:1    |" in table and "normal (rare)" in table
     assert len(pd.read_csv(tmp_path / "per_class.csv")) == 3 * 2 * 2  # ratios x classes x inits
+
+
+def test_runs_under_different_policies_are_never_pooled(rows):
+    """A grid axis stored as a column (the training policy) splits every cell: each policy gets its own gains."""
+    doubled = pd.concat([rows.assign(policy="none"), rows.assign(policy="mixup")], ignore_index=True)
+    mixup = doubled["policy"] == "mixup"
+    doubled.loc[mixup, "per_class"] = [{"ap": [v + 0.1 for v in pc["ap"]]} for pc in doubled.loc[mixup, "per_class"]]
+    gains = class_gains(doubled, "random").set_index(["dataset", "policy", "class", "init"])
+    assert len(gains) == 2 * len(class_gains(rows, "random"))
+    assert gains.loc[("toy", "mixup", 1, "random"), "mean"] == pytest.approx(
+        gains.loc[("toy", "none", 1, "random"), "mean"] + 0.1)
+    assert len(ratio_table(doubled, "auc")) == 2 * len(ratio_table(rows, "auc"))

@@ -23,8 +23,13 @@ from medtransfer.report.plots import _grid
 
 GAIN_KEYS = ("ap", "recall")  # the per-class metrics a gain is read in, first present wins
 SETTING = [c for c in RUN_CELL if c != "init"]  # what a run's cell is besides its init: compared within, never pooled
-CELL = [*SETTING, "class"]
-GAIN_COLUMNS = [*CELL, "name", "prevalence", "rare", "init", "mean", "n", "baseline_mean", "gain", "n_pairs"]
+AXES = ("policy",)  # grid axes stored as columns of their own: part of the setting wherever the runs carry them
+GAIN_COLUMNS = ["class", "name", "prevalence", "rare", "init", "mean", "n", "baseline_mean", "gain", "n_pairs"]
+
+
+def settings_of(frame: pd.DataFrame) -> list[str]:
+    """The columns that make a run's setting (its cell without the init) in ``frame``."""
+    return [*SETTING, *(axis for axis in AXES if axis in frame)]
 
 
 def gain_key(rows: pd.DataFrame) -> str | None:
@@ -35,7 +40,7 @@ def gain_key(rows: pd.DataFrame) -> str | None:
 
 def _per_run(rows: pd.DataFrame, key: str) -> pd.DataFrame:
     """One row per (run, class): its value, the class's training prevalence and whether it is the run's rare one."""
-    records = []
+    records, setting = [], settings_of(rows)
     for run in finished_runs(rows).itertuples():
         values = run.per_class.get(key) if isinstance(run.per_class, dict) else None
         extra = run.extra if isinstance(getattr(run, "extra", None), dict) else {}
@@ -44,9 +49,11 @@ def _per_run(rows: pd.DataFrame, key: str) -> pd.DataFrame:
             continue
         names = extra.get("class_names") or [str(c) for c in range(len(values))]
         rare = rare_class(extra.get("imbalance"))
-        records += [{**{k: getattr(run, k) for k in SETTING}, "init": run.init, "seed": run.seed, "class": c, "name": names[c], "value": v, "rare": c == rare,
-                     "prevalence": counts["per_class"][c] / counts["n"]} for c, v in enumerate(values)]
-    return pd.DataFrame(records, columns=[*CELL, "init", "seed", "name", "value", "rare", "prevalence"])
+        shares = np.asarray(counts["per_class"]) / counts["n"]
+        records += [{**{k: getattr(run, k) for k in setting}, "init": run.init, "seed": run.seed, "class": c,
+                     "name": names[c], "value": v, "rare": c == rare, "prevalence": shares[c]}
+                    for c, v in enumerate(values)]
+    return pd.DataFrame(records, columns=[*setting, "class", "init", "seed", "name", "value", "rare", "prevalence"])
 
 
 def class_gains(rows: pd.DataFrame, baseline: str, key: str | None = None) -> pd.DataFrame:
@@ -54,29 +61,29 @@ def class_gains(rows: pd.DataFrame, baseline: str, key: str | None = None) -> pd
     the seeds it shares with ``baseline`` (same cell) of init − baseline; NaN for the baseline itself or without a
     shared seed. ``prevalence`` is the class's share of the training examples per epoch, ``rare`` marks the rare
     class of the cell's runs."""
-    key = key or gain_key(rows)
+    key, cell_keys = key or gain_key(rows), [*settings_of(rows), "class"]
     per_run = _per_run(rows, key) if key else pd.DataFrame()
     if per_run.empty:
-        return pd.DataFrame(columns=GAIN_COLUMNS)
+        return pd.DataFrame(columns=[*cell_keys[:-1], *GAIN_COLUMNS])
     records = []
-    for cell, group in per_run.groupby(CELL, sort=True):
+    for cell, group in per_run.groupby(cell_keys, sort=True):
         values = group.pivot(index=["seed"], columns="init", values="value")  # raises, never pools, on duplicates
         for init in values.columns:
             pairs = (values[init] - values[baseline]).dropna() if baseline in values and init != baseline \
                 else pd.Series(dtype=float)
-            records.append({**dict(zip(CELL, cell)), "name": group["name"].iloc[0],
+            records.append({**dict(zip(cell_keys, cell)), "name": group["name"].iloc[0],
                             "prevalence": group["prevalence"].mean(), "rare": bool(group["rare"].any()),
                             "init": init, "mean": values[init].mean(), "n": int(values[init].notna().sum()),
                             "baseline_mean": values[baseline].mean() if baseline in values else np.nan,
                             "gain": pairs.mean() if len(pairs) else np.nan, "n_pairs": len(pairs)})
-    return pd.DataFrame(records, columns=GAIN_COLUMNS)
+    return pd.DataFrame(records, columns=[*cell_keys[:-1], *GAIN_COLUMNS])
 
 
 def gain_vs_prevalence(gains: pd.DataFrame, key: str, baseline: str) -> Figure:
     """Gain over ``baseline`` (y) against training prevalence (x, log) per class, one colour per init, one panel per
     setting other than dataset and fraction (the strategy); rare classes are filled and labelled with their ratio."""
     part = gains.dropna(subset=["gain"])
-    by = [c for c in SETTING if c not in ("dataset", "fraction")]
+    by = [c for c in settings_of(gains) if c not in ("dataset", "fraction")]
     panels = list(part.groupby(by, sort=True))
     fig, axes = _grid(len(panels), width=4.2, height=3.2)
     inits = sorted(part["init"].unique())
@@ -107,11 +114,11 @@ def ratio_table(rows: pd.DataFrame, metric: str) -> pd.DataFrame:
     "natural" or "r:1", ordered natural first, then by r."""
     done = finished_runs(rows)
     split = pd.DataFrame([split_ratio(d) for d in done["dataset"]], columns=["base", "ratio"], index=done.index)
-    done = done.drop(columns="dataset").join(split).rename(columns={"base": "dataset"})
-    table = (done.groupby([*SETTING, "ratio", "init"], sort=True)[f"metric.{metric}"].agg(mean="mean", n="count")
+    done, setting = done.drop(columns="dataset").join(split).rename(columns={"base": "dataset"}), settings_of(done)
+    table = (done.groupby([*setting, "ratio", "init"], sort=True)[f"metric.{metric}"].agg(mean="mean", n="count")
              .reset_index())
     order = table["ratio"].map(lambda r: -1.0 if r == "natural" else float(r.split(":")[0]))
-    return table.assign(order=order).sort_values([*SETTING, "order", "init"]).drop(columns="order") \
+    return table.assign(order=order).sort_values([*setting, "order", "init"]).drop(columns="order") \
         .reset_index(drop=True)
 
 
@@ -122,7 +129,8 @@ def _panel_title(setting: dict) -> str:
 def ratio_heatmap(table: pd.DataFrame, metric: str) -> Figure:
     """Heatmap of a ``ratio_table``: init (rows) x ratio (columns), one panel per setting (dataset, strategy,
     fraction)."""
-    panels = list(table.groupby(SETTING, sort=True))
+    setting = settings_of(table)
+    panels = list(table.groupby(setting, sort=True))
     fig, axes = _grid(len(panels), width=1.6 + 1.0 * table["ratio"].nunique(),
                       height=1.2 + 0.45 * table["init"].nunique())
     for ax, (key, group) in zip(axes, panels):
@@ -136,7 +144,7 @@ def ratio_heatmap(table: pd.DataFrame, metric: str) -> Figure:
         ax.set_xticks(range(grid.shape[1]), grid.columns, fontsize=8)
         ax.set_yticks(range(grid.shape[0]), grid.index, fontsize=8)
         ax.set_xlabel("training ratio majority : rare", fontsize=8)
-        ax.set_title(_panel_title(dict(zip(SETTING, key))), fontsize=9)
+        ax.set_title(_panel_title(dict(zip(setting, key))), fontsize=9)
         fig.colorbar(image, ax=ax, label=metric, shrink=0.8)
     return fig
 
@@ -144,7 +152,7 @@ def ratio_heatmap(table: pd.DataFrame, metric: str) -> Figure:
 def report_parts(rows: pd.DataFrame, metric: str, baseline: str) -> tuple[pd.DataFrame, list, list[str]]:
     """(class gains, figures as (name, caption, Figure), notes) for ``build.analyse``."""
     key = gain_key(rows)
-    gains = class_gains(rows, baseline, key) if key else pd.DataFrame(columns=GAIN_COLUMNS)
+    gains = class_gains(rows, baseline, key)
     figures, notes = [], []
     if gains["gain"].notna().any():
         figures.append(("gain-vs-prevalence", f"per-class {key} gain of each init over {baseline} (paired by seed) "
