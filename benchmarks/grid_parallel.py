@@ -1,31 +1,36 @@
 """A CPU grid run sequentially and on Ray with N local workers: parallel efficiency and Ray's per-task overhead.
 
 The grid (tiny ResNet on synthetic images, ``--runs`` runs from strategies x label fractions x seeds) trains with one
-torch thread per run in both modes, so both do the same work and store the same numbers (checked). Reported:
+torch thread per run in both modes, so both do the same work and store the same numbers (checked). For each run
+length (``--epochs``, several allowed) it reports:
 
-* T_seq and T_N: wall time of ``run_experiment`` each, the Ray one including starting and stopping its local Ray
-  instance and each worker's first import of torch;
-* parallel efficiency T_seq / (N * T_N), end to end, and again with Ray's start-up (measured alone) subtracted;
-* Ray's scheduling overhead per run: the round trip of a no-op task with the same resources, in ms;
-* a run's mean training time (stored ``fit_s``) in each mode: equal when every worker had a core of its own.
+* end to end, what a user waits for: ``medtransfer run EXP.yaml`` as a fresh process, sequential and with
+  ``--workers N`` (the latter starts Ray while the command imports torch and checks the data);
+* in process: ``run_experiment`` called from an already warm Python, so the driver's own imports are not counted;
+* parallel efficiency T_seq / (N * T_N) for both, Ray's start + stop measured alone, the round trip of a no-op task,
+  and a run's mean training time (stored ``fit_s``) in each mode: equal when every worker had a core of its own.
 
 On a machine shared with other work the efficiency is depressed: N workers need N idle cores.
 
-    .venv/bin/python benchmarks/grid_parallel.py                  # 24 runs, 2 workers
-    .venv/bin/python benchmarks/grid_parallel.py --workers 4 --epochs 3 --n-train 800
+    .venv/bin/python benchmarks/grid_parallel.py                           # 24 runs, 2 workers, 4 epochs
+    .venv/bin/python benchmarks/grid_parallel.py --epochs 4 16 32 --readme README.md   # README's table
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
-import platform
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
-from medtransfer.bench.ray_executor import ray_session
+import yaml
+
+from medtransfer.bench.ray_connect import ray_session
 from medtransfer.bench.runner import run_experiment
 from medtransfer.bench.store import ResultStore
 from medtransfer.config import ExperimentConfig, HardwareConfig, validate_config
@@ -33,21 +38,40 @@ from medtransfer.config import ExperimentConfig, HardwareConfig, validate_config
 LOOPBACK_RAY = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
 for key, value in LOOPBACK_RAY.items():  # a throw-away local instance on this machine only
     os.environ.setdefault(key, value)
+START = "<!-- grid-parallel: start (written by benchmarks/grid_parallel.py --readme; do not edit) -->"
+END = "<!-- grid-parallel: end -->"
 
 
-def grid(args) -> dict:
+def grid(runs: int, epochs: int, n_train: int) -> dict:
     fractions = [0.25, 0.5, 1.0]
-    seeds = list(range(max(1, args.runs // (2 * len(fractions)))))
+    seeds = list(range(max(1, runs // (2 * len(fractions)))))
     return {"name": "grid_parallel", "backbone": {"name": "resnet_tiny"}, "strategies": ["end_to_end", "linear"],
-            "datasets": [{"name": "synthetic2d", "n_train": args.n_train, "n_val": 60, "n_test": 60, "size": 16}],
-            "label_fractions": fractions, "seeds": seeds, "train": {"epochs": args.epochs, "batch_size": 32}}
+            "datasets": [{"name": "synthetic2d", "n_train": n_train, "n_val": 60, "n_test": 60, "size": 16}],
+            "label_fractions": fractions, "seeds": seeds, "train": {"epochs": epochs, "batch_size": 32},
+            "hardware": {"cpus_per_run": 1}}
 
 
-def timed_grid(config: dict, folder: Path) -> float:
+def in_process(config: dict, folder: Path, workers: int | None) -> float:
+    hardware = {**config["hardware"], **({"executor": "ray", "workers": workers} if workers else {})}
     started = time.perf_counter()
-    summary = run_experiment(validate_config(config, ExperimentConfig), folder, progress=False)
+    summary = run_experiment(validate_config({**config, "hardware": hardware}, ExperimentConfig), folder,
+                             progress=False)
     assert not summary.failed, summary.failed
     return time.perf_counter() - started
+
+
+def command_line(config: dict, folder: Path, workers: int | None) -> float:
+    experiment = folder.parent / f"{folder.name}.yaml"
+    experiment.write_text(yaml.safe_dump(config))
+    command = [sys.executable, "-m", "medtransfer.cli", "run", str(experiment), "--output", str(folder),
+               "--no-progress", *(["--workers", str(workers)] if workers else [])]
+    started = time.perf_counter()
+    subprocess.run(command, check=True, capture_output=True)
+    return time.perf_counter() - started
+
+
+def stored(folder: Path):
+    return ResultStore(folder).rows().set_index("run_id").sort_index()
 
 
 def ray_overhead(workers: int, tasks: int) -> dict:
@@ -65,37 +89,60 @@ def ray_overhead(workers: int, tasks: int) -> dict:
     return {"startup_s": up, "total_s": time.perf_counter() - started, "noop_task_ms": per_task_ms}
 
 
+def measure(args, epochs: int) -> dict:
+    config, n = grid(args.runs, epochs, args.n_train), args.workers
+    times, identical, fit_s = {}, True, {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for way, timer in (("cli", command_line), ("in_process", in_process)):
+            for mode, workers in (("seq", None), ("par", n)):
+                times[way, mode] = timer(config, Path(tmp) / f"{way}_{mode}", workers)
+            seq, par = stored(Path(tmp) / f"{way}_seq"), stored(Path(tmp) / f"{way}_par")
+            identical &= list(seq.index) == list(par.index) and list(seq["metrics"]) == list(par["metrics"])
+            fit_s = {mode: sum(t["fit_s"] for t in rows["timings"]) / len(rows) for mode, rows in (("seq", seq),
+                                                                                                   ("par", par))}
+    return {"epochs": epochs, "runs": args.runs, "workers": n, "identical_metrics": identical,
+            **{f"t_{mode}_{way}_s": round(t, 2) for (way, mode), t in times.items()},
+            **{f"efficiency_{way}": round(times[way, "seq"] / (n * times[way, "par"]), 3)
+               for way in ("cli", "in_process")},
+            "run_fit_s_seq": round(fit_s["seq"], 2), "run_fit_s_par": round(fit_s["par"], 2)}
+
+
+def markdown(rows: list[dict], overhead: dict, machine: str, load: float) -> str:
+    n = rows[0]["workers"]
+    lines = [f"| epochs per run (a run's training time alone / on a worker) | `medtransfer run`: T_seq | T_{n} workers "
+             f"| efficiency T_seq / ({n}·T_{n}) | in process: T_seq | T_{n} | efficiency |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['epochs']} ({r['run_fit_s_seq']:.2f} s / {r['run_fit_s_par']:.2f} s) "
+                     f"| {r['t_seq_cli_s']:.1f} s | {r['t_par_cli_s']:.1f} s | **{r['efficiency_cli']:.2f}** "
+                     f"| {r['t_seq_in_process_s']:.1f} s | {r['t_par_in_process_s']:.1f} s "
+                     f"| {r['efficiency_in_process']:.2f} |")
+    same = "identical" if all(r["identical_metrics"] for r in rows) else "NOT identical"
+    return ("\n".join(lines) + f"\n\n{rows[0]['runs']} runs per grid; stored metrics {same} sequential vs Ray. "
+            f"Ray's own start + stop of a local instance: {overhead['total_s']:.1f} s; a no-op task's round trip: "
+            f"{overhead['noop_task_ms']:.1f} ms. Machine: {machine}, load average before the run "
+            f"{load:.2f}.")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", type=int, default=24, help="grid size, a multiple of 6 (default: 24)")
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--epochs", type=int, nargs="+", default=[4], help="run lengths to measure")
     parser.add_argument("--n-train", type=int, default=2000)
     parser.add_argument("--noop-tasks", type=int, default=200)
+    parser.add_argument("--readme", type=Path, help="rewrite this README's grid-parallel table")
     args = parser.parse_args()
-
-    config = grid(args)
-    with tempfile.TemporaryDirectory() as tmp:
-        t_seq = timed_grid({**config, "hardware": {"cpus_per_run": 1}}, Path(tmp) / "seq")
-        t_par = timed_grid({**config, "hardware": {"executor": "ray", "workers": args.workers, "cpus_per_run": 1}},
-                           Path(tmp) / "par")
-        seq, par = (ResultStore(Path(tmp) / name).rows().set_index("run_id").sort_index() for name in ("seq", "par"))
-        identical = list(seq.index) == list(par.index) and list(seq["metrics"]) == list(par["metrics"])
-        # a run's own training time in each mode: longer in parallel means the workers did not get a core each
-        fit_s = {name: sum(t["fit_s"] for t in rows["timings"]) / len(rows) for name, rows in (("seq", seq),
-                                                                                               ("par", par))}
+    load = os.getloadavg()[0]
+    rows = [measure(args, epochs) for epochs in args.epochs]
     overhead = ray_overhead(args.workers, args.noop_tasks)
-    n = args.workers
-    report = {
-        "runs": len(seq), "workers": n, "epochs": args.epochs, "n_train": args.n_train, "cpus": os.cpu_count(),
-        "load_avg_1min": os.getloadavg()[0], "python": platform.python_version(),
-        "t_seq_s": round(t_seq, 2), "t_par_s": round(t_par, 2),
-        "efficiency": round(t_seq / (n * t_par), 3),
-        "efficiency_without_ray_startup": round(t_seq / (n * (t_par - overhead["total_s"])), 3),
-        "ray_startup_s": round(overhead["startup_s"], 2), "ray_startup_and_shutdown_s": round(overhead["total_s"], 2),
-        "noop_task_ms": round(overhead["noop_task_ms"], 2), "identical_metrics": identical,
-        "run_fit_s_seq": round(fit_s["seq"], 2), "run_fit_s_par": round(fit_s["par"], 2)}
-    print(json.dumps(report, indent=2))
+    print(json.dumps({"rows": rows, "ray": overhead, "load_avg_1min_before": load}, indent=2))
+    if args.readme:
+        spec = importlib.util.spec_from_file_location("readme_tables", Path(__file__).with_name("readme_tables.py"))
+        tables = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(tables)
+        block = markdown(rows, overhead, tables.machine(), load)
+        args.readme.write_text(tables.rewrite(args.readme.read_text(encoding="utf-8"), block, START, END),
+                               encoding="utf-8")
 
 
 if __name__ == "__main__":

@@ -63,13 +63,13 @@ def demo_block(rows: pd.DataFrame, metric: str, machine_text: str) -> str:
             "over them (pre-training not counted).")
 
 
-def rewrite(readme: str, block: str) -> str:
-    """``readme`` with the text between START and END replaced by ``block`` (everything else kept byte for byte)."""
-    if readme.count(START) != 1 or readme.count(END) != 1 or readme.index(START) > readme.index(END):
-        raise MedtransferError(f"README needs exactly one {START!r} line followed by one {END!r} line")
-    head, rest = readme.split(START)
-    _, tail = rest.split(END)
-    return f"{head}{START}\n{block.strip()}\n{END}{tail}"
+def rewrite(readme: str, block: str, start: str = START, end: str = END) -> str:
+    """``readme`` with the text between ``start`` and ``end`` replaced by ``block`` (the rest kept byte for byte)."""
+    if readme.count(start) != 1 or readme.count(end) != 1 or readme.index(start) > readme.index(end):
+        raise MedtransferError(f"README needs exactly one {start!r} line followed by one {end!r} line")
+    head, rest = readme.split(start)
+    _, tail = rest.split(end)
+    return f"{head}{start}\n{block.strip()}\n{end}{tail}"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,6 +14,16 @@ from medtransfer.interrupts import Interrupted, signals_interrupt
 
 
 def _run(args) -> int:
+    from medtransfer.bench.ray_connect import early_connection
+    connection = early_connection(args.experiment, args.workers, args.address, args.verbose)  # before torch loads
+    try:
+        return _run_grid(args, connection)
+    finally:
+        if connection is not None:
+            connection.close()
+
+
+def _run_grid(args, ray_connection) -> int:
     from medtransfer.bench.runner import run_experiment
     from medtransfer.bench.store import ResultStore
     from medtransfer.config import ExperimentConfig, HardwareConfig, load_config, validate_config
@@ -30,7 +40,7 @@ def _run(args) -> int:
         hardware = validate_config({**cfg.hardware.model_dump(), **flags}, HardwareConfig, source="--workers/--address")
         cfg = cfg.model_copy(update={"hardware": hardware})
     summary = run_experiment(cfg, args.output, verbose=args.verbose, fail_fast=args.fail_fast,
-                             progress=not args.no_progress)
+                             progress=not args.no_progress, ray_connection=ray_connection)
     if rank_zero_only.rank != 0:  # under DDP every process runs the grid; one report is enough
         return 1 if summary.failed else 0
     rows = ResultStore(summary.folder).rows(status=None)  # all runs: they tell the folder's experiments apart
@@ -119,10 +129,10 @@ def _report(args) -> int:
 
 def _describe(args) -> int:
     from medtransfer.models.depth import describe_units
-    from medtransfer.models.factory import backbone_spec, create_backbone
+    from medtransfer.models.factory import backbone_spec, create_backbone, default_input_size
 
     spec = backbone_spec(args.backbone)
-    size = args.input_size or (224 if spec.spatial_dims == 2 else 64)
+    size = args.input_size or default_input_size(args.backbone)
     backbone = create_backbone(args.backbone, args.in_chans, size, small_stem=args.small_stem)
     views = [args.view] if args.view else list(backbone.views)
     total = sum(p.numel() for p in backbone.parameters())
@@ -130,9 +140,9 @@ def _describe(args) -> int:
           f"input {backbone.in_chans}x{'x'.join(map(str, backbone.input_size))}")
     for view in views:
         print(f"\nview '{view}'" + (" (default)" if view == backbone.default_view else ""))
-        print(f"{'unit':>4}  {'quarter':<7} {'depth':<9} {'steps':<24} {'out ch':>6} {'params':>12} {'share':>6}")
+        print(f"{'unit':>4}  {'quarter':<7} {'depth':<9} {'steps':<40} {'out ch':>6} {'params':>12} {'share':>6}")
         for row in describe_units(backbone, view):
-            print(f"{row['unit']:>4}  {row['quarter']:<7} {row['depth']:<9} {row['steps']:<24} {row['channels']:>6} "
+            print(f"{row['unit']:>4}  {row['quarter']:<7} {row['depth']:<9} {row['steps']:<40} {row['channels']:>6} "
                   f"{row['params']:>12,} {row['param_share']:>6.1%}")
     return 0
 
@@ -146,7 +156,7 @@ def _list(args) -> int:
 
     print("datasets:   " + ", ".join(DATASETS))
     print("backbones:  " + ", ".join(f"{n} ({s.spatial_dims}D)" for n, s in BACKBONES.items())
-          + ", or any timm ResNet/ViT name")
+          + ", or any timm model name with features_only")
     print("strategies: " + ", ".join(list(STRATEGIES) + list(QUARTER_SHORTHANDS)))
     print("methods:    " + ", ".join(METHODS))
     print("metrics:    " + ", ".join(METRICS) + "; segmentation: " + ", ".join(SEGMENTATION_METRICS))
@@ -176,8 +186,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     run = sub.add_parser("run", help="run an experiment grid (skips finished runs)",
-                         description="Expand EXPERIMENT into inits x datasets x strategies x label fractions x seeds "
-                         "and run every unfinished run; results go to a SQLite store in the output folder.")
+                         description="Expand EXPERIMENT into inits x datasets x strategies x policies x label "
+                         "fractions x seeds and run every unfinished run; results go to a SQLite store in the output "
+                         "folder.")
     run.add_argument("experiment", type=Path, help="experiment YAML file")
     run.add_argument("--output", type=Path, help="experiment folder (default: 'output' in the file, or runs/NAME)")
     run.add_argument("--metric", default="auc", help="metric of the printed table (default: auc)")

@@ -265,12 +265,41 @@ PretrainSource = Annotated[Union[Annotated[FilePath, Tag("file")], Annotated[Pre
                            Discriminator(_pretrain_source)]
 
 
+class FusionMember(Strict):
+    """One backbone of a fusion: another init of the experiment by its ``label`` (name), or an inline ``init``
+    (checkpoint, zoo, timm, random or a pre-training), trained under its own ``strategy`` (default: the run's)."""
+
+    label: Optional[str] = None
+    init: Optional["InitConfig"] = None
+    strategy: Optional[Any] = None
+
+    @field_validator("strategy")
+    @classmethod
+    def _strategy(cls, spec: Any):
+        from medtransfer.finetune.fusion import member_strategy
+        return None if spec is None else member_strategy(spec)
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        if (self.label is None) == (self.init is None):
+            raise ValueError("a fusion member is {label: INIT} (an init of this experiment) or {init: {...}}, "
+                             "exactly one of them")
+        if self.init is not None and self.init.fuse:
+            raise ValueError("a fusion member cannot be a fusion itself")
+        return self
+
+
 class InitConfig(_WeightFields):
     """Where fine-tuning starts: random (no source), a checkpoint file, a zoo model, a timm model's cached weights,
-    or a medtransfer pre-training."""
+    a medtransfer pre-training, or a fusion of several of them (``fuse``, ``finetune/fusion.py``)."""
 
     label: Optional[str] = None
     pretrain: Optional[PretrainSource] = None
+    fuse: Optional[list[FusionMember]] = Field(None, min_length=2, description="members of a fusion")
+    how: Optional[Literal["concat", "ensemble"]] = Field(
+        None, description="fusion: concat (pooled features concatenated, one head; default) or ensemble")
+    dropout: Optional[float] = Field(None, ge=0, lt=1, description="fusion: dropout before the head(s); "
+                                                                    "default train.dropout")
 
     @model_validator(mode="before")
     @classmethod
@@ -284,9 +313,12 @@ class InitConfig(_WeightFields):
 
     @model_validator(mode="after")
     def _one_source(self):
-        given = [k for k in ("checkpoint", "zoo", "timm", "pretrain") if getattr(self, k) is not None]
+        given = [k for k in ("checkpoint", "zoo", "timm", "pretrain", "fuse") if getattr(self, k) is not None]
         if len(given) > 1:
-            raise ValueError(f"give one of checkpoint, zoo, timm or pretrain, not {' and '.join(given)}")
+            raise ValueError(f"give one of checkpoint, zoo, timm, pretrain or fuse, not {' and '.join(given)}")
+        fusion_keys = [k for k in ("how", "dropout") if getattr(self, k) is not None]
+        if fusion_keys and self.fuse is None:
+            raise ValueError(f"{', '.join(fusion_keys)}: settings of a fusion; give them with fuse")
         return self
 
     @property
@@ -299,12 +331,17 @@ class InitConfig(_WeightFields):
             return self.zoo or self.timm
         if self.pretrain is not None:
             return self.pretrain.stem if isinstance(self.pretrain, Path) else self.pretrain.method
+        if self.fuse:
+            return "+".join(m.label or m.init.name for m in self.fuse)
         return "random"
 
 
+FusionMember.model_rebuild()
+
+
 class ExperimentConfig(Strict):
-    """A grid: inits x datasets x strategies x label fractions x imbalance ratios x seeds, all sharing one backbone
-    and schedule."""
+    """A grid: inits x datasets x strategies x policies x label fractions x imbalance ratios x seeds, all sharing one
+    backbone and schedule."""
 
     name: str
     output: Optional[FilePath] = None
@@ -316,7 +353,15 @@ class ExperimentConfig(Strict):
     seeds: list[Seed] = Field(default_factory=lambda: [0], min_length=1)
     train: TrainConfig = TrainConfig()
     hardware: HardwareConfig = HardwareConfig()
+    policies: list[Any] = Field(default_factory=lambda: ["none"], min_length=1, validate_default=True,
+                                description="training policies, one grid entry each (finetune/policies)")
     imbalance: ImbalanceConfig = ImbalanceConfig()  # data.imbalance: training ratios majority : rare class
+
+    @field_validator("policies")
+    @classmethod
+    def _policies(cls, specs: list) -> list:
+        from medtransfer.finetune.policies import parse_policies
+        return parse_policies(specs)
 
     @field_validator("strategies")
     @classmethod

@@ -183,7 +183,7 @@ def test_init_string_other_than_random(tmp_path):
 def test_init_with_checkpoint_and_pretrain(tmp_path):
     message = error_of(tmp_path, {**BASE, "inits": [{"checkpoint": "a.safetensors", "pretrain": "p.yaml"}]})
     assert "inits.0" in message
-    assert "give one of checkpoint, zoo, timm or pretrain, not checkpoint and pretrain" in message
+    assert "give one of checkpoint, zoo, timm, pretrain or fuse, not checkpoint and pretrain" in message
 
 
 def test_missing_required_key(tmp_path):

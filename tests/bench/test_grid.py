@@ -56,7 +56,7 @@ def test_expand_finishes_whole_seeds_first():
 def test_labels_match_the_store_columns():
     spec = expand(cfg_of(datasets=[SMALL]))[0]
     assert spec.labels() == {"dataset": "synthetic2d", "init": "random", "strategy": "end_to_end",
-                             "fraction": 0.1, "seed": 0}
+                             "fraction": 0.1, "seed": 0, "policy": "none"}
 
 
 def test_run_id_is_stable_across_key_order():

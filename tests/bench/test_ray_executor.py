@@ -17,9 +17,10 @@ import pytest
 import yaml
 
 import medtransfer
+from medtransfer.bench.ray_connect import ray_session
 from medtransfer.bench.runner import run_experiment
 from medtransfer.bench.store import ResultStore
-from medtransfer.config import ExperimentConfig, validate_config
+from medtransfer.config import ExperimentConfig, HardwareConfig, validate_config
 from medtransfer.models.checkpoint import sha256_file
 
 pytest.importorskip("ray")
@@ -91,16 +92,70 @@ def test_ddp_in_a_ray_task_is_refused():
         validate_config({**GRID, "hardware": {"executor": "ray", "ddp": True}}, ExperimentConfig)
 
 
-def test_a_local_instance_lives_on_loopback(monkeypatch):
+def test_a_local_instance_lives_on_loopback_and_its_workers_are_warmed(monkeypatch):
     """The instance medtransfer starts for --workers serves this driver alone: its node address is 127.0.0.1, so it
-    neither listens for nor sends traffic to the machine's network address."""
-    from medtransfer.bench.ray_executor import ray_session
-    from medtransfer.config import HardwareConfig
+    neither listens for nor sends traffic to the machine's network address. It connects on a thread, which leaves
+    the driver's SIGTERM handler in place, and its workers have imported the training code before the first run."""
+    from medtransfer.bench.ray_connect import RayConnection
     for key, value in RAY_ENV.items():
         monkeypatch.setenv(key, value)
-    with ray_session(HardwareConfig(executor="ray", workers=1, cpus_per_run=1), verbose=False) as ray:
+    handler = signal.getsignal(signal.SIGTERM)
+    connection = RayConnection(HardwareConfig(executor="ray", workers=2, cpus_per_run=1), verbose=False)
+    try:
+        ray = connection.get()
         assert ray.util.get_node_ip_address() == "127.0.0.1"
         assert {node["NodeManagerAddress"] for node in ray.nodes()} == {"127.0.0.1"}
+        assert signal.getsignal(signal.SIGTERM) is handler
+        warmed = set(ray.get(connection.warming))
+        assert len(warmed) == 2
+
+        @ray.remote(num_cpus=1)
+        def imported():
+            return os.getpid(), "medtransfer.bench.ray_tasks" in sys.modules
+
+        assert {ray.get(imported.remote()) for _ in range(4)} <= {(pid, True) for pid in warmed}
+    finally:
+        connection.close()
+    assert not connection._ray.is_initialized()
+
+
+def test_the_command_line_starts_ray_only_for_a_ray_grid(tmp_path, monkeypatch):
+    """The early start reads the file's hardware section and the flags; anything it cannot read starts nothing."""
+    from medtransfer.bench import ray_connect
+    started = []
+    monkeypatch.setattr(ray_connect, "RayConnection", lambda hw, verbose: started.append(hw) or hw)
+    sequential, on_ray = write_grid(tmp_path), tmp_path / "ray.yaml"
+    on_ray.write_text(yaml.safe_dump({**GRID, "hardware": {"executor": "ray", "workers": 3}}))
+    (tmp_path / "bad.yaml").write_text("hardware: {executor: ray, workers: -1}\n")
+    assert ray_connect.early_connection(sequential, None, None, False) is None
+    assert ray_connect.early_connection(tmp_path / "bad.yaml", None, None, False) is None
+    assert ray_connect.early_connection(tmp_path / "missing.yaml", 2, None, False) is None
+    assert ray_connect.early_connection(on_ray, None, None, False).workers == 3
+    hw = ray_connect.early_connection(sequential, 2, None, False)
+    assert (hw.executor, hw.workers, hw.cpus_per_run) == ("ray", 2, 1)  # one core per run by default on Ray
+    assert ray_connect.early_connection(sequential, None, "127.0.0.1:1", False).address == "127.0.0.1:1"
+    assert len(started) == 3
+
+
+def test_a_gpu_run_gets_a_fresh_worker_and_a_cpu_run_reuses_one(monkeypatch):
+    """CUDA keeps the devices a process first saw: a worker reused for a run on another GPU would train on its old
+    one. Ray is told about a GPU it does not have (nothing here touches CUDA), so only the scheduling is tested."""
+    import ray
+
+    from medtransfer.bench.ray_connect import task_options
+    for key, value in RAY_ENV.items():
+        monkeypatch.setenv(key, value)
+    ray.init(address="local", num_cpus=1, num_gpus=1, include_dashboard=False, _node_ip_address="127.0.0.1", logging_level="WARNING",
+             log_to_driver=False)
+    try:
+        pids = {}
+        for gpus in (0, 0.5):
+            hw = HardwareConfig(executor="ray", cpus_per_run=1, gpus_per_run=gpus)
+            task = ray.remote(**task_options(hw))(lambda: os.getpid())
+            pids[gpus] = [ray.get(task.remote()) for _ in range(3)]
+    finally:
+        ray.shutdown()
+    assert len(set(pids[0])) == 1 and len(set(pids[0.5])) == 3
 
 
 @pytest.mark.slow
@@ -154,6 +209,8 @@ def test_two_drivers_share_a_grid_on_a_separately_started_head(tmp_path):
         grid = write_grid(tmp_path)
         drivers = [cli(grid, "--output", "out", "--address", f"127.0.0.1:{port}", cwd=tmp_path) for _ in range(2)]
         outputs = [finish(driver) for driver in drivers]
+        with ray_session(HardwareConfig(executor="ray", workers=1, cpus_per_run=1), verbose=False) as own:
+            assert own.cluster_resources()["CPU"] == 1  # --workers starts its own instance beside a running head
     finally:
         subprocess.run([ray, "stop", "--force"], capture_output=True, timeout=120)
     rows = results(tmp_path / "out")
@@ -188,7 +245,10 @@ def test_worker_killed_mid_run_is_retried_and_the_grid_completes(tmp_path):
 
 
 @pytest.mark.slow
-def test_ctrl_c_interrupts_the_runs_in_flight_and_shuts_ray_down(tmp_path):
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_or_sigterm_interrupts_the_runs_in_flight_and_shuts_ray_down(tmp_path, signum):
+    """SIGTERM too: Ray connects off the main thread, so its own SIGTERM handler (``sys.exit``) never replaces
+    medtransfer's."""
     grid = write_grid(tmp_path, train={"epochs": 200, "batch_size": 8})
     driver = cli(grid, "--output", "out", "--workers", "2", cwd=tmp_path)
     database = tmp_path / "out" / "results.sqlite"
@@ -198,7 +258,7 @@ def test_ctrl_c_interrupts_the_runs_in_flight_and_shuts_ray_down(tmp_path):
         time.sleep(0.2)
     ray_processes = descendants(driver.pid)
     assert ray_processes
-    driver.send_signal(signal.SIGINT)
+    driver.send_signal(signum)
     _, err = driver.communicate(timeout=120)
     assert driver.returncode == 130, err[-3000:]
     with sqlite3.connect(database) as con:

@@ -19,6 +19,7 @@ from medtransfer.config import ExperimentConfig, validate_config
 from medtransfer.data import label_fraction_indices, load_dataset
 from medtransfer.data.normalisation import DEFAULT
 from medtransfer.errors import CheckpointError, ConfigError, DataError
+from medtransfer.finetune.policies import NO_POLICY
 from medtransfer.finetune.train import FineTuneResult
 from medtransfer.models.checkpoint import read_weights, save_backbone, sha256_file
 from medtransfer.models.factory import create_backbone
@@ -50,9 +51,10 @@ class FakeFineTune:
         self.fail_at, self.error, self.on_call = set(fail_at), error, on_call
 
     def __call__(self, data, train_indices, backbone, strategy, view, train, hardware, seed, workdir,
-                 input_size=None, verbose=False, normalisation=DEFAULT):
+                 input_size=None, verbose=False, normalisation=DEFAULT, policy=NO_POLICY):
         self.calls.append({"strategy": strategy.label(), "n_train": len(train_indices), "seed": seed,
-                           "workdir": Path(workdir), "backbone": backbone, "normalisation": normalisation})
+                           "workdir": Path(workdir), "backbone": backbone, "normalisation": normalisation,
+                           "policy": policy.label()})
         if self.on_call:
             self.on_call(len(self.calls))
         if len(self.calls) in self.fail_at:
@@ -131,6 +133,14 @@ def test_grid_stores_one_done_row_per_run(tmp_path, fake):
             np.testing.assert_array_equal(npz["y_true"], data.test.labels)
             assert npz["scores"].shape == (60, 3)
 
+
+
+def test_each_run_trains_under_its_policy_and_stores_it(tmp_path, fake):
+    cfg = experiment(policies=["none", {"label_smoothing": 0.1}])
+    run_experiment(cfg, tmp_path / "exp", progress=False)
+    assert sorted(c["policy"] for c in fake.calls) == ["label_smoothing 0.1"] * 4 + ["none"] * 4
+    table = rows(tmp_path / "exp")
+    assert sorted(table["policy"]) == ["label_smoothing 0.1"] * 4 + ["none"] * 4
 
 def test_experiment_without_strategies_fine_tunes_end_to_end(tmp_path, fake):
     cfg = validate_config({k: v for k, v in GRID.items() if k != "strategies"}, ExperimentConfig)

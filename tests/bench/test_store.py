@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import medtransfer
-from medtransfer.bench.store import ClaimLost, ResultStore, _git_commit, config_hash
+from medtransfer.bench.store import SCHEMA_VERSION, ClaimLost, ResultStore, _git_commit, config_hash
 from medtransfer.errors import MedtransferError
 
 LABELS = {"dataset": "pneumoniamnist", "init": "imagenet", "strategy": "linear", "fraction": 0.1, "seed": 0}
@@ -180,7 +180,7 @@ def test_concurrent_writer_processes(tmp_path):
 def test_schema_version_is_checked(tmp_path):
     store = ResultStore(tmp_path)
     with sqlite3.connect(store.path) as con:
-        assert con.execute("PRAGMA user_version").fetchone() == (2,)
+        assert con.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
         assert con.execute("PRAGMA journal_mode").fetchone() == ("wal",)
         con.execute("PRAGMA user_version = 99")
     with pytest.raises(MedtransferError, match="schema version 99"):
@@ -204,8 +204,9 @@ def test_version_1_store_is_migrated_keeping_its_rows(tmp_path):
         con.execute("PRAGMA user_version = 1")
     store = ResultStore(tmp_path)
     with sqlite3.connect(store.path) as con:
-        assert con.execute("PRAGMA user_version").fetchone() == (2,)
+        assert con.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
     assert store.rows()["metric.auc"].tolist() == [0.75]
+    assert store.rows()["policy"].tolist() == ["none"]  # runs from before policies had none
     assert store.claim("old-done", {}, LABELS, "me:1:a", lease_s=60) == "done"
     assert store.claim("old-running", {}, LABELS, "me:1:a", lease_s=60) == "claimed"
     assert store.rows(None).set_index("run_id").loc["old-running", "attempts"] == 2

@@ -11,7 +11,7 @@ import torch
 from medtransfer.models.factory import create_backbone
 from medtransfer.pretrain import METHODS
 from medtransfer.pretrain import genesis_transforms as gt
-from medtransfer.pretrain.decoder import UNetDecoder, resize
+from medtransfer.models.decoders import UNetDecoder, resize
 from medtransfer.pretrain.denoising import DenoisingAE
 from medtransfer.pretrain.mae import MAE
 from medtransfer.pretrain.models_genesis import ModelsGenesis

@@ -17,7 +17,7 @@ DATA = {2: {"name": "synthetic2d", "n_train": 48, "n_val": 24, "n_test": 24, "si
 def backbone_for(method, dims):
     if dims == 3:
         return {"name": "resnet_tiny_3d", "small_stem": True}
-    return {"name": "resnet_tiny"} if "resnet" in method.backbone_families else {"name": "vit_micro"}
+    return {"name": "resnet_tiny"} if "resnet" in (method.backbone_families or ("resnet",)) else {"name": "vit_micro"}
 
 
 def experiment(name, dims):

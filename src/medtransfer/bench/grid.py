@@ -1,7 +1,8 @@
 """Expanding an experiment into runs, each identified by the hash of its fully resolved config.
 
 The hash covers everything that changes a result (data and its options, backbone, the init's *content* hash and
-input normalisation, strategy, label fraction, seed, schedule; the imbalance ratio only when one is set) and nothing
+input normalisation, strategy, label fraction, seed, schedule; the training policy and the imbalance ratio only when
+set) and nothing
 that does not (hardware, output folder), so re-running an experiment on another machine skips what is finished and
 a changed checkpoint file is never mistaken for the old.
 """
@@ -16,6 +17,7 @@ from medtransfer.config import DatasetConfig, ExperimentConfig, InitConfig
 from medtransfer.data import identity_options
 from medtransfer.data.imbalance import Imbalance, with_ratio
 from medtransfer.data.normalisation import DEFAULT, Normalisation
+from medtransfer.finetune.policies import NO_POLICY, TrainingPolicy
 from medtransfer.finetune.strategies import Strategy
 
 
@@ -27,22 +29,28 @@ class RunSpec:
     strategy: Strategy
     fraction: float
     seed: int
+    policy: TrainingPolicy = NO_POLICY
     imbalance: Imbalance | None = None  # None: the natural ratio
 
     def labels(self) -> dict:
         return {"dataset": with_ratio(self.dataset_label, self.imbalance),  # a ratio is part of the training data
-                "init": self.init.name, "strategy": self.strategy.label(), "fraction": self.fraction, "seed": self.seed}
+                "init": self.init.name, "strategy": self.strategy.label(), "fraction": self.fraction, "seed": self.seed,
+                "policy": self.policy.label()}
 
     def resolved(self, cfg: ExperimentConfig, init_sha256: str | None, segmentation: bool = False,
                  normalisation: Normalisation = DEFAULT) -> dict:
-        """The run as it acts; ``normalisation`` is the init's for this dataset's channels (stored for every run)."""
+        """The run as it acts; ``normalisation`` is the init's for this dataset's channels (stored for every run).
+        A training policy is in it only when set, so runs without one keep the ids they had before policies."""
         dataset = self.dataset.model_dump(mode="json")
         dataset["options"] = identity_options(dataset["options"])
-        return {"dataset": dataset, "backbone": cfg.backbone.model_dump(mode="json"),
-                "init": {"kind": _init_kind(self.init), "sha256": init_sha256,
-                         "normalisation": normalisation.to_dict()},
+        init = {"kind": _init_kind(self.init), "sha256": init_sha256, "normalisation": normalisation.to_dict()}
+        if self.init.fuse:  # read by the report; the content hash in ``sha256`` identifies the members
+            init["members"] = [{"init": name, "strategy": None if m.strategy is None else m.strategy.label()}
+                               for m, name in zip(self.init.fuse, fusion_member_names(self.init))]
+        return {"dataset": dataset, "backbone": cfg.backbone.model_dump(mode="json"), "init": init,
                 "strategy": self.strategy.model_dump(mode="json"), "fraction": self.fraction, "seed": self.seed,
                 "train": _train_identity(cfg, segmentation),
+                **({} if self.policy.is_none else {"policy": self.policy.identity()}),
                 **({"imbalance": self.imbalance.to_dict()} if self.imbalance else {})}  # set only: old ids stay
 
     def run_id(self, cfg: ExperimentConfig, init_sha256: str | None, segmentation: bool = False,
@@ -52,6 +60,7 @@ class RunSpec:
         identity = self.resolved(cfg, init_sha256, segmentation, normalisation)
         if normalisation.is_default:
             del identity["init"]["normalisation"]
+        identity["init"].pop("members", None)  # names only: renaming a member's label re-runs nothing
         return config_hash(identity)
 
 
@@ -68,7 +77,15 @@ def _train_identity(cfg: ExperimentConfig, segmentation: bool) -> dict:
 
 def _init_kind(init: InitConfig) -> str:
     # zoo and timm inits are files too: the run id holds their content hash, whatever name led to them
+    if init.fuse:
+        return "fusion"
     return "checkpoint" if init.checkpoint or init.pretrain or init.zoo or init.timm else "random"
+
+
+def fusion_member_names(fusion: InitConfig) -> list[str]:
+    """The names a fusion's members are prepared under: a referenced init's own name, ``FUSION[k]`` for an inline
+    one (``bench/fusion.py``)."""
+    return [m.label if m.label is not None else f"{fusion.name}[{k}]" for k, m in enumerate(fusion.fuse)]
 
 
 def dataset_labels(datasets: list[DatasetConfig]) -> list[str]:
@@ -83,10 +100,10 @@ def dataset_labels(datasets: list[DatasetConfig]) -> list[str]:
 
 
 def expand(cfg: ExperimentConfig) -> list[RunSpec]:
-    """inits x datasets x strategies x label fractions x imbalance ratios x seeds, in an order that finishes whole
-    seeds early."""
+    """inits x datasets x strategies x policies x label fractions x imbalance ratios x seeds, in an order that
+    finishes whole seeds early."""
     labels = dataset_labels(cfg.datasets)
-    return [RunSpec(dataset, label, init, strategy, fraction, seed, imbalance)
-            for seed, (dataset, label), imbalance, init, fraction, strategy in itertools.product(
+    return [RunSpec(dataset, label, init, strategy, fraction, seed, policy, imbalance)
+            for seed, (dataset, label), imbalance, init, fraction, strategy, policy in itertools.product(
                 cfg.seeds, zip(cfg.datasets, labels), cfg.imbalance.settings(), cfg.inits, cfg.label_fractions,
-                cfg.strategies)]
+                cfg.strategies, cfg.policies)]

@@ -10,73 +10,25 @@ hash names them; the other runs do not wait for it.
 
 from __future__ import annotations
 
-import math
-import os
 import time
 from collections import deque
-from contextlib import contextmanager, suppress
+from contextlib import suppress
 from pathlib import Path
-from typing import Iterator
+from typing import Optional
 
 from tqdm.auto import tqdm
 
 from medtransfer.bench.claims import LeaseKeeper, pass_started, process_owner
 from medtransfer.bench.grid import RunSpec, expand
-from medtransfer.bench.runner import Prepared, RunSummary, _check_fits, run_identity
+from medtransfer.bench.ray_connect import RayConnection, capacity, ray_hardware, task_options
+from medtransfer.bench.runner import Prepared, RunSummary, _check_fits, prepare, run_identity
 from medtransfer.bench.store import ClaimLost, ResultStore
-from medtransfer.config import ExperimentConfig, HardwareConfig
-from medtransfer.errors import ConfigError, MedtransferError
+from medtransfer.config import ExperimentConfig
 from medtransfer.interrupts import Interrupted
 from medtransfer.models.checkpoint import file_normalisation, sha256_file
 from medtransfer.pretrain.run import default_output
 
 POLL_S = 2.0  # how often runs held by other drivers are checked again while nothing finishes
-
-
-def _import_ray(local: bool):
-    """Ray, imported. For a local instance, Ray is told before its import (it reads the setting then) to give the
-    node the loopback address instead of the machine's network address: the instance serves this driver alone."""
-    if local:
-        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    try:
-        import ray
-    except ImportError:
-        raise ConfigError("hardware.executor: 'ray' needs Ray: pip install ray (or run without --workers/--address "
-                          "for the sequential executor)") from None
-    return ray
-
-
-@contextmanager
-def ray_session(hw: HardwareConfig, verbose: bool) -> Iterator:
-    """Ray, connected: to ``hw.address`` if given, else to a local instance sized ``workers x cpus_per_run``
-    cores that is shut down on leaving (a joined cluster stays up; only this driver disconnects)."""
-    ray = _import_ray(local=not hw.address)
-    quiet = {"logging_level": "INFO" if verbose else "WARNING", "log_to_driver": verbose}
-    if hw.address:
-        try:
-            ray.init(address=hw.address, **quiet)
-        except ConnectionError as err:  # nothing listens there: say so before any training, in one line
-            raise MedtransferError(f"hardware.address {hw.address!r}: no Ray cluster to join ({err}); start one with "
-                                   "'ray start --head' or run with --workers N for a local instance") from None
-    else:
-        ray.init(num_cpus=hw.workers * hw.cpus_per_run if hw.workers else None, include_dashboard=False,
-                 _node_ip_address="127.0.0.1", **quiet)
-    try:
-        yield ray
-    finally:
-        ray.shutdown()
-
-
-def _capacity(ray, hw: HardwareConfig) -> int:
-    """Runs claimed at a time: ``workers``, or as many as the cluster's cores and GPUs hold. Claiming only what can
-    start leaves the rest of the grid to other drivers on the same folder."""
-    if hw.workers is not None:
-        return hw.workers
-    resources = ray.cluster_resources()
-    fits = int(resources.get("CPU", 1) // hw.cpus_per_run)
-    if hw.gpus_per_run:
-        fits = min(fits, math.floor(resources.get("GPU", 0) / hw.gpus_per_run + 1e-9))
-    return max(1, fits)
 
 
 class RayGrid:
@@ -89,11 +41,10 @@ class RayGrid:
         self.ray, self.cfg, self.prepared, self.store = ray, cfg, prepared, store
         self.verbose, self.fail_fast, self.lease_s = verbose, fail_fast, lease_s
         hw = cfg.hardware
-        resources = {"num_cpus": hw.cpus_per_run, "num_gpus": hw.gpus_per_run}
-        self.train = ray.remote(train_task).options(max_retries=hw.max_retries, retry_exceptions=False, **resources)
-        self.pretrain = ray.remote(pretrain_task).options(max_retries=hw.max_retries, retry_exceptions=False,
-                                                          **resources)
-        self.capacity = _capacity(ray, hw)
+        options = task_options(hw)
+        self.train = ray.remote(**options)(train_task)
+        self.pretrain = ray.remote(**options)(pretrain_task)
+        self.capacity = capacity(ray, hw)
         self.owner, self.since = process_owner(), pass_started()
         self.specs = expand(cfg)
         self.queue: deque[tuple[RunSpec, str]] = deque()
@@ -241,11 +192,22 @@ class RayGrid:
         return RunSummary(folder, len(self.specs), self.skipped, self.done, self.failed)
 
 
-def run_on_ray(cfg: ExperimentConfig, prepared: Prepared, store: ResultStore, verbose: bool, fail_fast: bool,
-               progress: bool, lease_s: float) -> RunSummary:
-    """Run every unfinished run of ``cfg`` as Ray tasks; one thread per run unless ``cpus_per_run`` says more."""
-    hardware = cfg.hardware.model_copy(update={"cpus_per_run": cfg.hardware.cpus_per_run or 1})
+def run_on_ray(cfg: ExperimentConfig, folder: Path, verbose: bool, fail_fast: bool, progress: bool, lease_s: float,
+               connection: Optional[RayConnection] = None) -> RunSummary:
+    """Check the grid (``prepare``) while Ray connects, then run every unfinished run of ``cfg`` as Ray tasks.
+
+    ``connection`` is one the command line started before importing torch; it is used when it was started for this
+    hardware section (it always is, unless the file changed in between), else closed and a new one started."""
+    hardware = ray_hardware(cfg.hardware)
     cfg = cfg.model_copy(update={"hardware": hardware})  # hardware is outside the run ids: they do not change
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    with ray_session(hardware, verbose) as ray:
+    if connection is not None and connection.hw != hardware:
+        connection.close()
+        connection = None
+    connection = connection or RayConnection(hardware, verbose)
+    try:
+        prepared = prepare(cfg)
+        store = ResultStore(folder)
+        ray = connection.get()
         return RayGrid(ray, cfg, prepared, store, verbose, fail_fast, lease_s).run(progress)
+    finally:
+        connection.close()

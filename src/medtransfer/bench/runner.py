@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from medtransfer.bench.claims import LEASE_S, LeaseKeeper, pass_started, pretraining_lock, process_owner
 from medtransfer.bench.executors import torch_threads
+from medtransfer.bench.fusion import check_fusions, identify_fusions, inits_to_resolve, run_fusion
 from medtransfer.bench.grid import RunSpec, dataset_labels, expand
 from medtransfer.bench.store import ClaimLost, ResultStore
 from medtransfer.bench.store_faults import stop_if_disk_full
@@ -35,6 +36,7 @@ from medtransfer.data.normalisation import DEFAULT, Normalisation
 from medtransfer.errors import ConfigError
 from medtransfer.evaluate.metrics import rare_class_metrics
 from medtransfer.finetune.frozen import check_hardware
+from medtransfer.finetune.policies.checks import check_policies
 from medtransfer.finetune.strategies.knn import KNN
 from medtransfer.finetune.segmentation import build_segmentation, segmentation_input_size
 from medtransfer.finetune.train import fine_tune, resolve_monitor
@@ -44,6 +46,7 @@ from medtransfer.models.factory import create_backbone
 from medtransfer.models.zoo import init_normalisation, load_init, resolve_weights
 from medtransfer.pretrain.run import PretrainPlan, default_output
 
+CLASS_COUNTING = ("class_weights", "balanced_sampler")  # policies that read the subset's class counts
 WAIT_POLL_S = 2.0  # how often runs held by other processes are checked at the end of a pass
 log = logging.getLogger(__name__)
 
@@ -118,6 +121,7 @@ def prepare(cfg: ExperimentConfig) -> Prepared:
             check_hardware(strategy, cfg.hardware)
             if data.task == "segmentation":  # e.g. fpn on a truncated encoder, bce on three classes
                 build_segmentation(data, backbone, strategy, view, cfg.train, monitor, channels_last=False)
+        check_policies(cfg, label, data)
         for fraction in cfg.label_fractions:
             for seed in cfg.seeds:
                 prepared.subsets[label, fraction, seed] = label_fraction_indices(
@@ -127,7 +131,11 @@ def prepare(cfg: ExperimentConfig) -> Prepared:
         if cfg.imbalance.mode == "resample" and any(isinstance(s, KNN) for s in cfg.strategies):
             raise ConfigError("imbalance.mode: 'resample' draws examples per epoch, and strategy knn has no epochs; "
                               "allowed with knn: subsample")
-    for init in cfg.inits:
+        counting = sorted({p.name for policy in cfg.policies for p in policy.parts if p.name in CLASS_COUNTING})
+        if cfg.imbalance.mode == "resample" and any(cfg.imbalance.ratios) and counting:
+            raise ConfigError(f"imbalance.mode: 'resample' draws each epoch's classes itself; policies {counting} "
+                              "would weigh or sample the whole labelled subset instead; allowed with them: subsample")
+    for init in inits_to_resolve(cfg):  # fusions are checked below, once their members are resolved
         if init.checkpoint is not None or init.zoo is not None or init.timm is not None:
             path, source = resolve_weights(init.zoo, init.timm, init.checkpoint, key=f"inits ({init.name})")
             _check_fits(cfg, path, f"inits ({init.name}): {source}", prepared)
@@ -151,6 +159,8 @@ def prepare(cfg: ExperimentConfig) -> Prepared:
         else:
             prepared.init_files[init.name] = prepared.init_sha256[init.name] = None
             prepared.init_normalisation[init.name] = DEFAULT
+    check_fusions(cfg, prepared)
+    identify_fusions(cfg, prepared)
     return prepared
 
 
@@ -177,6 +187,7 @@ def run_pretrainings(cfg: ExperimentConfig, prepared: Prepared, folder: Path, ve
         prepared.init_files[name] = checkpoint
         prepared.init_sha256[name] = sha256_file(checkpoint)
         prepared.init_normalisation[name] = file_normalisation(checkpoint)
+    identify_fusions(cfg, prepared)
 
 
 def _imbalance_plan(cfg: ExperimentConfig, label: str, data: ImageDataset, subset: np.ndarray, fraction: float,
@@ -186,6 +197,8 @@ def _imbalance_plan(cfg: ExperimentConfig, label: str, data: ImageDataset, subse
 
 
 def run_one(cfg: ExperimentConfig, spec: RunSpec, prepared: Prepared, workdir: Path, verbose: bool):
+    if spec.init.fuse:
+        return run_fusion(cfg, spec, prepared, workdir, verbose)
     data = prepared.data[spec.dataset_label]
     input_size = prepared.input_size[spec.dataset_label]
     L.seed_everything(spec.seed, workers=True, verbose=False)  # fixes the head and any random init
@@ -201,7 +214,7 @@ def run_one(cfg: ExperimentConfig, spec: RunSpec, prepared: Prepared, workdir: P
     with torch_threads(cfg.hardware.cpus_per_run):
         result = fine_tune(data, indices, backbone, spec.strategy, view, cfg.train, cfg.hardware, spec.seed, workdir,
                            input_size=input_size, verbose=verbose, normalisation=run_normalisation(prepared, spec),
-                           **({"epoch_draw": plan.draw} if plan and plan.draw else {}))
+                           policy=spec.policy, **({"epoch_draw": plan.draw} if plan and plan.draw else {}))
     result.imbalance = plan and plan.record
     if plan is not None:
         result.metrics.update(rare_class_metrics(result.per_class, plan.record))
@@ -219,21 +232,23 @@ def run_extra(result, indices: np.ndarray, data: ImageDataset, init_file: Path |
 
 
 def run_experiment(cfg: ExperimentConfig, folder: str | Path | None = None, verbose: bool = False,
-                   fail_fast: bool = False, progress: bool = True, lease_s: float = LEASE_S) -> RunSummary:
+                   fail_fast: bool = False, progress: bool = True, lease_s: float = LEASE_S,
+                   ray_connection=None) -> RunSummary:
     """Run every unfinished run of ``cfg`` into ``folder`` (default: ``cfg.output`` or runs/<name>).
 
     Runs are claimed in the store, so any number of processes on one folder share the grid: a run another live
     process holds is left to it ("running elsewhere") and waited for at the end, and taken over if that process dies.
+    ``ray_connection``: a ``RayConnection`` already started for this grid's Ray executor (else one is started here).
     """
     folder = Path(folder or cfg.output or Path("runs") / cfg.name)
     if not verbose:
         quiet_lightning()
-    prepared = prepare(cfg)
-    store = ResultStore(folder)
     if cfg.hardware.executor == "ray":
         from medtransfer.bench.ray_executor import run_on_ray
-        return run_on_ray(cfg, prepared, store, verbose=verbose, fail_fast=fail_fast, progress=progress,
-                          lease_s=lease_s)
+        return run_on_ray(cfg, folder, verbose=verbose, fail_fast=fail_fast, progress=progress, lease_s=lease_s,
+                          connection=ray_connection)
+    prepared = prepare(cfg)
+    store = ResultStore(folder)
     run_pretrainings(cfg, prepared, folder, verbose)
     specs = expand(cfg)
     writer = rank_zero_only.rank == 0  # under DDP every process runs the grid; only rank 0 writes results

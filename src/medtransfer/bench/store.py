@@ -9,7 +9,8 @@ instead of failing. A killed run simply stays "running"; starting it again resta
 Several processes share one grid by *claiming* runs: a claim records an owner and a lease that its owner renews
 while the run trains, so a run claimed by a live process is skipped by the others and a killed owner's run (its
 lease expired) is taken over. Schema version 2 added the owner and lease columns; version 1 stores are migrated
-in place when opened (their rows kept, their running rows unowned and so free to claim).
+in place when opened (their rows kept, their running rows unowned and so free to claim). Version 3 added the
+training-policy column, "none" for every older run.
 """
 
 from __future__ import annotations
@@ -36,9 +37,10 @@ import pandas as pd
 from medtransfer.bench.store_faults import read_only_uri, store_errors
 from medtransfer.errors import MedtransferError, StoreError, allowed
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 STATUSES = ("running", "done", "failed", "interrupted")
 LABELS = ("dataset", "init", "strategy", "fraction", "seed")
+AXIS_LABELS = {"policy": "none"}  # grid axes added later: optional in labels; older rows hold this default
 JSON_COLUMNS = ("config", "metrics", "per_class", "val_metrics", "timings", "extra", "versions")
 _RESULT_COLUMNS = ("finished_at", "metrics", "per_class", "val_metrics", "timings", "extra", "error")
 PACKAGES = ("numpy", "torch", "timm", "monai", "lightning", "lightly", "medtransfer")
@@ -66,12 +68,14 @@ CREATE TABLE IF NOT EXISTS runs (
     git_commit  TEXT,
     hostname    TEXT NOT NULL,
     owner       TEXT,
-    lease_until REAL
+    lease_until REAL,
+    policy      TEXT NOT NULL DEFAULT 'none'
 )
 """
 # each entry upgrades a store from the version of its index + 1 to the next one
 _MIGRATIONS = (
     ("ALTER TABLE runs ADD COLUMN owner TEXT", "ALTER TABLE runs ADD COLUMN lease_until REAL"),
+    ("ALTER TABLE runs ADD COLUMN policy TEXT NOT NULL DEFAULT 'none'",),
 )
 CLAIM_OUTCOMES = ("claimed", "done", "held", "ended")
 
@@ -299,8 +303,9 @@ class ResultStore:
 
     def _start_values(self, run_id: str, config: dict, labels: dict, owner: str | None,
                       lease_until: float | None) -> dict:
-        if set(labels) != set(LABELS):
-            raise ValueError(f"labels must have exactly the keys {allowed(LABELS)}, got {allowed(labels)}")
+        if set(labels) - set(AXIS_LABELS) != set(LABELS):
+            raise ValueError(f"labels must have exactly the keys {allowed(LABELS)} (optionally "
+                             f"{allowed(AXIS_LABELS)}), got {allowed(labels)}")
         versions, commit, host = _environment()
         return {
             "run_id": run_id,
@@ -315,6 +320,7 @@ class ResultStore:
             **{key: str(labels[key]) for key in ("dataset", "init", "strategy")},
             "fraction": float(labels["fraction"]),
             "seed": int(labels["seed"]),
+            **{key: str(labels.get(key, default)) for key, default in AXIS_LABELS.items()},
         }
 
     def _write_start(self, con: sqlite3.Connection, values: dict) -> None:

@@ -15,9 +15,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from medtransfer.data.augment_ops import RandomCutout3D, RandomElastic
 from medtransfer.data.normalisation import DEFAULT, Normalisation
 
-AUGMENTS = ("none", "flip", "light")
+AUGMENTS = ("none", "flip", "light", "strong")
 
 
 def to_unit_range(x: torch.Tensor, size: tuple[int, ...] | None = None) -> torch.Tensor:
@@ -28,18 +29,36 @@ def to_unit_range(x: torch.Tensor, size: tuple[int, ...] | None = None) -> torch
     return x
 
 
-def _fine_tune_augment(kind: str, spatial_dims: int) -> nn.Module | None:
+def _fine_tune_augment(kind: str, spatial_dims: int) -> tuple[nn.Module | None, nn.Module | None]:
+    """(spatial, photometric) ops of an augmentation level: spatial ones move pixels (and, for segmentation, masks
+    with them), photometric ones change image values only. ``strong`` = ``light`` + elastic deformation, then
+    brightness/contrast/gamma/noise and one cut-out box (zeros, 2-15 % of the image)."""
+    if kind not in AUGMENTS:
+        raise ValueError(f"augment: {kind!r}; allowed: {', '.join(AUGMENTS)}")
     if kind == "none":
-        return None
+        return None, None
     if spatial_dims == 2:
         ops = [K.RandomHorizontalFlip()]
-        if kind == "light":  # the transfer benchmark's ±7° rotation plus a little shift and zoom
+        if kind in ("light", "strong"):  # the transfer benchmark's ±7° rotation plus a little shift and zoom
             ops.append(K.RandomAffine(degrees=7.0, translate=(0.05, 0.05), scale=(0.9, 1.1), p=0.8))
     else:
         ops = [K.RandomHorizontalFlip3D(), K.RandomDepthicalFlip3D()]
-        if kind == "light":
+        if kind in ("light", "strong"):
             ops.append(K.RandomAffine3D(degrees=7.0, scale=(0.9, 1.1), p=0.8))
-    return nn.Sequential(*ops)
+    if kind != "strong":
+        return nn.Sequential(*ops), None
+    intensity = [K.RandomBrightness((0.8, 1.2), p=0.5), K.RandomContrast((0.8, 1.2), p=0.5),
+                 K.RandomGamma((0.8, 1.25), p=0.5), K.RandomGaussianNoise(std=0.02, p=0.5)]
+    ops.append(RandomElastic())
+    if spatial_dims == 2:
+        photometric = [*intensity, K.RandomErasing(scale=(0.02, 0.15), p=0.5)]
+    else:
+        photometric = [*(_AsSlices(op) for op in intensity), RandomCutout3D()]
+    return nn.Sequential(*ops), nn.Sequential(*photometric)
+
+
+def _augmented(x: torch.Tensor, photometric: nn.Module | None) -> torch.Tensor:
+    return x if photometric is None else photometric(x).clamp(0.0, 1.0)
 
 
 class _Normalised(nn.Module):
@@ -62,24 +81,22 @@ class Preprocess(_Normalised):
     def __init__(self, spatial_dims: int, size: tuple[int, ...] | None = None, augment: str = "none",
                  normalisation: Normalisation = DEFAULT):
         super().__init__(spatial_dims, normalisation)
-        if augment not in AUGMENTS:
-            raise ValueError(f"augment: {augment!r}; allowed: {', '.join(AUGMENTS)}")
         self.size = size
-        self.augment = _fine_tune_augment(augment, spatial_dims)
+        self.augment, self.photometric = _fine_tune_augment(augment, spatial_dims)
 
     def forward(self, x: torch.Tensor, train: bool = False) -> torch.Tensor:
         x = to_unit_range(x, self.size)
         if train and self.augment is not None:
-            x = self.augment(x)
+            x = _augmented(self.augment(x), self.photometric)
         return self.normalise(x)
 
 
 class SegmentationPreprocess(_Normalised):
     """Segmentation batches: uint8 images, class-index masks and field-of-view masks, preprocessed jointly.
 
-    At training time a random patch (``patch_size``) is cut and the fine-tuning augmentation applied, to image,
-    mask and FOV with the *same* random parameters: they travel through kornia stacked as channels (mask one-hot),
-    which works in 3D too, where kornia has no mask support. After a rotation the label is the argmax of the
+    At training time a random patch (``patch_size``) is cut and the fine-tuning augmentation's spatial part
+    applied to image, mask and FOV with the *same* random parameters (its photometric part to the image only): they
+    travel through kornia stacked as channels (mask one-hot), which works in 3D too, where kornia has no mask support. After a rotation the label is the argmax of the
     interpolated one-hot channels; pixels shifted in from outside the image have no label and fall outside the FOV,
     so the loss ignores them. Evaluation sees whole images (sliding-window inference), normalised only.
     """
@@ -87,12 +104,10 @@ class SegmentationPreprocess(_Normalised):
     def __init__(self, spatial_dims: int, num_classes: int, patch_size: tuple[int, ...] | None = None,
                  augment: str = "none", normalisation: Normalisation = DEFAULT):
         super().__init__(spatial_dims, normalisation)
-        if augment not in AUGMENTS:
-            raise ValueError(f"augment: {augment!r}; allowed: {', '.join(AUGMENTS)}")
         self.num_classes = num_classes
         self.crop = None if patch_size is None else (
             K.RandomCrop(tuple(patch_size)) if spatial_dims == 2 else K.RandomCrop3D(tuple(patch_size)))
-        self.augment = _fine_tune_augment(augment, spatial_dims)
+        self.augment, self.photometric = _fine_tune_augment(augment, spatial_dims)
 
     def forward(self, x: torch.Tensor, masks: torch.Tensor, fov: torch.Tensor, train: bool = False):
         x = to_unit_range(x)
@@ -104,6 +119,7 @@ class SegmentationPreprocess(_Normalised):
             stack = self.augment(torch.cat([x, hot, fov.unsqueeze(1).to(x.dtype)], dim=1))
             x, hot, fov = stack.split([x.shape[1], self.num_classes, 1], dim=1)
             masks, fov = hot.argmax(1), (fov[:, 0] > 0.5) & (hot.amax(1) > 0)
+            x = _augmented(x, self.photometric)
         return self.normalise(x), masks, fov
 
 

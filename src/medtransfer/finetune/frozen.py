@@ -4,8 +4,9 @@ units (``range``/``truncate`` starting above the stem) is run once over the imag
 ``linear`` trains the same head with the same optimiser, schedule, seeded data order, model selection and test as
 the per-epoch path (``fit_and_test``); only its input changes from images to their cached features, so without
 augmentation the result is the same run, minus (epochs - 1) passes of the backbone over train and val. With
-augmentation the features of an image would differ every epoch, so such runs keep the per-epoch path (and their
-behaviour); so do DDP runs, whose processes would each extract. A frozen prefix is handled the same way — the
+augmentation, or a training policy that mixes images (mixup, cutmix), the features of an image would differ every
+epoch, so such runs keep the per-epoch path (and their behaviour); so do DDP runs, whose processes would each
+extract. A frozen prefix is handled the same way — the
 trained units and the head run on its cached output maps — when those fit ``MAX_PREFIX_BYTES``. ``warmup``, whose
 frozen phase ends mid-run, always trains on images. ``knn`` needs no training: its scores are neighbour votes
 (``strategies/knn.py``), on the same pooled features.
@@ -14,6 +15,7 @@ frozen phase ends mid-run, always trains on images. ``knn`` needs no training: i
 from __future__ import annotations
 
 import logging
+import math
 import time
 from pathlib import Path
 
@@ -28,9 +30,10 @@ from medtransfer.errors import ConfigError
 from medtransfer.evaluate import compute_metrics
 from medtransfer.finetune.features import FeatureSpec, cached_features
 from medtransfer.finetune.module import FineTuner
+from medtransfer.finetune.policies import TrainingPolicy
 from medtransfer.finetune.strategies import Strategy
 from medtransfer.finetune.strategies.knn import KNN
-from medtransfer.models.backbones import Backbone, owns
+from medtransfer.models.backbones import Backbone
 from medtransfer.models.heads import Classifier
 
 log = logging.getLogger(__name__)
@@ -54,7 +57,7 @@ def cached_input_spec(strategy: Strategy, module: FineTuner, data: ImageDataset,
     steps = None if strategy.frozen_backbone else frozen_prefix(strategy, backbone)
     if steps == 0:
         return None
-    refusal = _refusal(strategy, train, hardware, wanted)
+    refusal = _refusal(strategy, train, hardware, wanted, module.policy)
     if refusal is None and steps is not None:
         size = _prefix_bytes(backbone, steps, sum(len(getattr(data, s)) for s in SPLITS))
         if size > MAX_PREFIX_BYTES:
@@ -71,9 +74,8 @@ def frozen_prefix(strategy: Strategy, backbone: Backbone) -> int:
     """How many leading steps stay frozen for the whole run (0 where a strategy changes freezing mid-run)."""
     if strategy.freezing_changes:
         return 0
-    params = list(backbone.model.named_parameters())
-    for n, step in enumerate(backbone.steps):
-        if any(p.requires_grad for name, p in params if any(owns(pre, name) for pre in step.prefixes)):
+    for n in range(len(backbone.steps)):
+        if any(backbone.model.get_parameter(name).requires_grad for name in backbone.step_parameter_names(n)):
             return n
     return len(backbone.steps)
 
@@ -85,7 +87,8 @@ def check_hardware(strategy: Strategy, hardware: HardwareConfig) -> None:
                           "features on one device; allowed: ddp: false")
 
 
-def _refusal(strategy: Strategy, train: TrainConfig, hardware: HardwareConfig, wanted: bool) -> str | None:
+def _refusal(strategy: Strategy, train: TrainConfig, hardware: HardwareConfig, wanted: bool,
+             policy: TrainingPolicy) -> str | None:
     if isinstance(strategy, KNN):
         check_hardware(strategy, hardware)
         return None
@@ -93,20 +96,16 @@ def _refusal(strategy: Strategy, train: TrainConfig, hardware: HardwareConfig, w
         return "frozen_features=False"
     if train.augment != "none":
         return f"train.augment: {train.augment} changes its output every epoch"
+    if policy.changes_images:
+        return f"policy {policy.label()} changes its input every epoch"
     if hardware.ddp:
         return "hardware.ddp: each process would compute it"
     return None
 
 
-@torch.no_grad()
 def _prefix_bytes(backbone: Backbone, steps: int, n_images: int) -> int:
-    """float32 bytes of the prefix's output for ``n_images``, measured on one blank image."""
-    was_training = backbone.training
-    x = torch.zeros(1, backbone.in_chans, *backbone.input_size)
-    for step in backbone.eval().steps[:steps]:
-        x = backbone.run_step(step, x)
-    backbone.train(was_training)
-    return x.numel() * 4 * n_images
+    """float32 bytes of the prefix's output for ``n_images``."""
+    return math.prod(backbone.step_output_shape(steps - 1)) * 4 * n_images
 
 
 class _AfterPrefix(nn.Module):
@@ -145,7 +144,8 @@ def fine_tune_on_features(data: ImageDataset, train_indices: np.ndarray, module:
     train_set = _feature_set(features["train"], training_targets(data.train), idx)
     val_set, test_set = (_feature_set(features[s], getattr(data, s).labels) for s in ("val", "test"))
     trained = model.head if spec.steps is None else _AfterPrefix(model, spec.steps)
-    head = FineTuner(trained, data.task, strategy, view, train, _Passthrough(), channels_last=module.channels_last)
+    head = FineTuner(trained, data.task, strategy, view, train, _Passthrough(), module.channels_last, module.policy,
+                     module.criterion)
     result = fit_and_test(head, model, data, train_set, val_set, test_set, max(train.batch_size, 256), strategy,
                           train, hardware, seed, resolve_monitor(train, data.task), Path(workdir), verbose, epoch_draw)
     result.timings["features_s"] = extracted

@@ -15,16 +15,21 @@ import torch.nn.functional as F
 from medtransfer.config import TrainConfig
 from medtransfer.data.transforms import Preprocess
 from medtransfer.evaluate import compute_metrics
+from medtransfer.finetune.policies import NO_POLICY, TrainingPolicy
+from medtransfer.finetune.policies.loss import PolicyLoss
 from medtransfer.finetune.strategies import Strategy
 from medtransfer.models.heads import Classifier
 
 
 class FineTuner(L.LightningModule):
     def __init__(self, model: Classifier, task: str, strategy: Strategy, view: str, train: TrainConfig,
-                 preprocess: Preprocess, channels_last: bool = False):
+                 preprocess: Preprocess, channels_last: bool = False, policy: TrainingPolicy = NO_POLICY,
+                 criterion: PolicyLoss | None = None):
         super().__init__()
         self.model, self.task, self.strategy, self.view, self.cfg = model, task, strategy, view, train
         self.preprocess, self.channels_last = preprocess, channels_last
+        # the training policy's batch mixing and loss (``policies/``); validation scores the plain loss
+        self.policy, self.criterion = policy, criterion
         self._outputs: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
         self.test_result: dict | None = None
 
@@ -50,12 +55,20 @@ class FineTuner(L.LightningModule):
             return F.binary_cross_entropy_with_logits(logits[known], y[known]) if known.any() else logits.sum() * 0
         return F.cross_entropy(logits, y)
 
+    def train_loss(self, logits, y):
+        return self.loss(logits, y) if self.criterion is None else self.criterion(logits, y)
+
     def probabilities(self, logits):
         return torch.sigmoid(logits) if self.task == "multilabel" else torch.softmax(logits.float(), dim=1)
 
     def training_step(self, batch, batch_idx):
         _, x, y = batch
-        loss = self.loss(self(x), y)
+        mixed = self.policy.mix(x, y)
+        if mixed is None:
+            loss = self.train_loss(self(x), y)
+        else:
+            logits = self(mixed.x)
+            loss = mixed.lam * self.train_loss(logits, y) + (1 - mixed.lam) * self.train_loss(logits, mixed.partner_y)
         self.log("train/loss", loss, on_step=False, on_epoch=True, batch_size=len(y), sync_dist=True)
         return loss
 

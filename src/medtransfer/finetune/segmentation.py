@@ -164,9 +164,9 @@ class SegmentationFineTuner(FineTuner):
 
 def build_segmentation(data: ImageDataset, backbone: Backbone, strategy: Strategy, view: str, train: TrainConfig,
                        monitor: str, channels_last: bool, normalisation: Normalisation = DEFAULT,
-                       ) -> tuple[SegmentationModel, SegmentationFineTuner]:
+                       augment: str | None = None) -> tuple[SegmentationModel, SegmentationFineTuner]:
     """The model (backbone already prepared by the strategy) and its Lightning module, checked before training;
-    images are normalised with the init's ``normalisation``."""
+    images are normalised with the init's ``normalisation`` and augmented at ``augment`` (default train.augment)."""
     if isinstance(strategy, KNN):
         raise ConfigError(f"strategies: knn classifies whole images by neighbour votes; {data.name} is a "
                           "segmentation task; allowed there: the trained strategies (end_to_end, linear, range, ...)")
@@ -176,7 +176,7 @@ def build_segmentation(data: ImageDataset, backbone: Backbone, strategy: Strateg
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     roi = patch_size(data, seg)
-    preprocess = SegmentationPreprocess(data.spatial_dims, data.num_classes, roi, augment=train.augment,
+    preprocess = SegmentationPreprocess(data.spatial_dims, data.num_classes, roi, augment=augment or train.augment,
                                         normalisation=normalisation)
     module = SegmentationFineTuner(model, loss, strategy, view, train, preprocess, roi, monitor, channels_last,
                                    keep_masks=data.test.labels.size <= MAX_STORED_PIXELS)

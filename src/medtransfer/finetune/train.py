@@ -30,6 +30,7 @@ from medtransfer.evaluate import LOWER_IS_BETTER, METRICS, SEGMENTATION_METRICS
 from medtransfer.finetune.diagnostics import diagnose
 from medtransfer.finetune.frozen import cached_input_spec, fine_tune_on_features
 from medtransfer.finetune.module import FineTuner
+from medtransfer.finetune.policies import NO_POLICY, TrainingPolicy
 from medtransfer.finetune.segmentation import build_segmentation, segmentation_dataset
 from medtransfer.finetune.strategies import Strategy
 from medtransfer.models.backbones import Backbone
@@ -106,7 +107,7 @@ def fine_tune(data: ImageDataset, train_indices: np.ndarray, backbone: Backbone,
               train: TrainConfig, hardware: HardwareConfig, seed: int, workdir: Path,
               input_size: tuple[int, ...] | None = None, verbose: bool = False,
               normalisation: Normalisation = DEFAULT, frozen_features: bool = True,
-              epoch_draw: EpochDraw | None = None) -> FineTuneResult:
+              policy: TrainingPolicy = NO_POLICY, epoch_draw: EpochDraw | None = None) -> FineTuneResult:
     """Fine-tune ``backbone`` (already initialised) on ``train_indices`` of ``data.train``; returns test metrics.
 
     ``normalisation`` is the init's, for the data's channels (``Normalisation.for_channels``); 0.5 / 0.5 by default.
@@ -115,6 +116,7 @@ def fine_tune(data: ImageDataset, train_indices: np.ndarray, backbone: Backbone,
     augmentation are fixed by ``seed`` too. A backbone or prefix frozen for the whole run (``linear``, ``knn``,
     a depth range) is run once over the images and the rest trains on its cached output (``frozen.py``);
     ``frozen_features=False`` runs frozen parts every epoch as before, for comparisons (``knn`` has no other path).
+    ``policy`` is the run's training policy (``policies/``): augmentation level, batch mixing, loss and sampler.
     ``epoch_draw`` (imbalance mode ``resample``) draws each epoch's examples from positions in ``train_indices``.
     """
     L.seed_everything(seed, workers=True, verbose=False)
@@ -125,13 +127,15 @@ def fine_tune(data: ImageDataset, train_indices: np.ndarray, backbone: Backbone,
     segmentation = data.task == "segmentation"
     if segmentation:  # patches in, whole images scored by sliding window: ``input_size`` is the encoder's patch
         model, module = build_segmentation(data, backbone, strategy, view, train, monitor, channels_last,
-                                           normalisation)
+                                           normalisation, augment=policy.augment(train.augment))
     else:
         model = Classifier(backbone, data.num_classes, dropout=train.dropout)
         if channels_last:
             model = model.to(memory_format=torch.channels_last)
-        module = FineTuner(model, data.task, strategy, view, train, Preprocess(data.spatial_dims, size=input_size,
-                           augment=train.augment, normalisation=normalisation), channels_last=channels_last)
+        preprocess = Preprocess(data.spatial_dims, size=input_size, augment=policy.augment(train.augment),
+                                normalisation=normalisation)
+        criterion = policy.criterion(data.task, data.train.labels[train_indices], data.num_classes)
+        module = FineTuner(model, data.task, strategy, view, train, preprocess, channels_last, policy, criterion)
         spec = cached_input_spec(strategy, module, data, input_size or data.image_size, view, train, hardware,
                                  frozen_features)
         if spec is not None:
@@ -145,7 +149,7 @@ def fine_tune(data: ImageDataset, train_indices: np.ndarray, backbone: Backbone,
                         strategy, train, hardware, seed, monitor, workdir, verbose, epoch_draw)
 
 
-def fit_and_test(module: L.LightningModule, model: torch.nn.Module, data: ImageDataset, train_set, val_set, test_set,
+def fit_and_test(module: FineTuner, model: torch.nn.Module, data: ImageDataset, train_set, val_set, test_set,
                  eval_batch: int, strategy: Strategy, train: TrainConfig, hardware: HardwareConfig, seed: int,
                  monitor: str, workdir: Path, verbose: bool, epoch_draw: EpochDraw | None = None) -> FineTuneResult:
     """The loop every trained strategy shares: seeded sampling, selection on val, one test on the best checkpoint.
@@ -154,12 +158,15 @@ def fit_and_test(module: L.LightningModule, model: torch.nn.Module, data: ImageD
     network, or only what follows a cached frozen part); the ``*_set`` datasets hold ``data``'s images or their
     cached features; ``epoch_draw`` replaces uniform sampling by a fresh class-capped draw every epoch.
     """
-    if epoch_draw is None:
-        per_epoch = max(len(train_set), train.min_samples_per_epoch)
-        sampler = RandomSampler(train_set, num_samples=per_epoch, generator=torch.Generator().manual_seed(seed))
-    else:
+    if epoch_draw is not None:
         sampler = EpochSampler(epoch_draw, train.min_samples_per_epoch)
         per_epoch = len(sampler)
+    else:
+        per_epoch = max(len(train_set), train.min_samples_per_epoch)
+        generator = torch.Generator().manual_seed(seed)
+        sampler = module.policy.sampler(train_set.tensors[2].numpy(), per_epoch, generator)  # e.g. class-balanced
+        if sampler is None:
+            sampler = RandomSampler(train_set, num_samples=per_epoch, generator=generator)
     train_loader = DataLoader(train_set, batch_size=train.batch_size, sampler=sampler,
                               drop_last=per_epoch > train.batch_size)  # a size-1 last batch would break BatchNorm
 

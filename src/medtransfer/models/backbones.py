@@ -46,8 +46,8 @@ class Backbone(nn.Module):
         super().__init__()
         self.name, self.model, self.steps = name, model, list(steps)
         self.spatial_dims, self.in_chans, self.input_size, self.small_stem = spatial_dims, in_chans, input_size, small_stem
-        self._check_ownership()
-        self.step_channels = self._probe_channels()
+        self._step_params = self._assign_parameters()
+        self.step_shapes = self._probe_shapes()
 
     # --- what subclasses provide -------------------------------------------------------------------------------
     def run_step(self, step: Step, x: torch.Tensor) -> torch.Tensor:
@@ -64,6 +64,10 @@ class Backbone(nn.Module):
         """A step output as a (B, C, *spatial) map; token sequences override this."""
         return x
 
+    def adapt_state_dict(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Weights of this architecture saved for another input size, made to fit this one (default: as they are)."""
+        return state
+
     @property
     def views(self) -> dict[str, list[list[int]]]:
         """Unit conventions: every view partitions all step indices, in order."""
@@ -77,6 +81,22 @@ class Backbone(nn.Module):
     @property
     def num_features(self) -> int:
         return self.step_channels[-1]
+
+    @property
+    def step_channels(self) -> list[int]:
+        """Channels of each step's output seen as a map (``to_map``)."""
+        return [shape[0] for _, shape in self.step_shapes]
+
+    @property
+    def map_shapes(self) -> list[tuple[int, tuple[int, ...]]]:
+        """(channels, spatial size) of each map ``feature_maps`` returns at ``input_size``, without running it."""
+        ends = [i for i in range(len(self.steps))
+                if i + 1 == len(self.steps) or self.steps[i + 1].stage != self.steps[i].stage]
+        return [(self.step_shapes[i][1][0], self.step_shapes[i][1][1:]) for i in ends]
+
+    def step_output_shape(self, i: int) -> tuple[int, ...]:
+        """Shape (without batch) of step ``i``'s raw output, e.g. tokens for a ViT, channels-last maps for Swin."""
+        return self.step_shapes[i][0]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Pooled features of the last kept step."""
@@ -108,7 +128,8 @@ class Backbone(nn.Module):
                 parent = self.model.get_submodule(parent_name) if parent_name else self.model
                 setattr(parent, leaf, nn.Identity())
         self.steps = self.steps[:n_steps]
-        self.step_channels = self.step_channels[:n_steps]
+        self.step_shapes = self.step_shapes[:n_steps]
+        self._step_params = self._step_params[:n_steps] + [self._step_params[-1]]
 
     def unit_prefixes(self, view: str) -> list[tuple[str, ...]]:
         """Parameter prefixes of each unit of ``view``; the last unit also owns the modules applied after it."""
@@ -116,6 +137,21 @@ class Backbone(nn.Module):
         units = [tuple(p for i in g for p in self.steps[i].prefixes) for g in groups]
         units[-1] = units[-1] + self.finish_prefixes
         return units
+
+    def step_parameter_names(self, i: int) -> list[str]:
+        """Names of the parameters step ``i`` owns, in ``named_parameters`` order (assigned once at construction)."""
+        return list(self._step_params[i])
+
+    def unit_parameter_names(self, view: str) -> list[list[str]]:
+        """Parameter names of each unit of ``view`` in ``named_parameters`` order; the last unit also owns the finish
+        modules' parameters (a ViT's final norm)."""
+        order = {name: k for k, name in enumerate(self._all_names)}
+        units = [sorted((n for i in g for n in self._step_params[i]), key=order.__getitem__) for g in self.view(view)]
+        units[-1] = sorted(units[-1] + self._step_params[-1], key=order.__getitem__)
+        return units
+
+    def unit_parameters(self, view: str) -> list[list[nn.Parameter]]:
+        return [[self.model.get_parameter(n) for n in names] for names in self.unit_parameter_names(view)]
 
     def view(self, name: str) -> list[list[int]]:
         views = self.views
@@ -131,25 +167,32 @@ class Backbone(nn.Module):
             groups.setdefault(stage, []).append(i)
         return list(groups.values())
 
-    def _check_ownership(self) -> None:
-        """Every parameter must belong to exactly one step (or to the finish modules) so freezing is exhaustive."""
-        prefixes = [p for s in self.steps for p in s.prefixes] + list(self.finish_prefixes)
+    def _assign_parameters(self) -> list[list[str]]:
+        """Parameter names per step, plus a last list for the finish modules. Every parameter must belong to exactly
+        one step (or to the finish modules) so freezing is exhaustive."""
+        owners_of = [s.prefixes for s in self.steps] + [self.finish_prefixes]
+        assigned: list[list[str]] = [[] for _ in owners_of]
+        self._all_names = []
         for name, _ in self.model.named_parameters():
-            owners = [p for p in prefixes if owns(p, name)]
+            owners = [(i, p) for i, prefixes in enumerate(owners_of) for p in prefixes if owns(p, name)]
             if len(owners) != 1:
-                raise AssertionError(f"{self.name}: parameter {name} owned by {owners or 'no step'}")
+                raise AssertionError(f"{self.name}: parameter {name} owned by {[p for _, p in owners] or 'no step'}")
+            assigned[owners[0][0]].append(name)
+            self._all_names.append(name)
+        return assigned
 
     @torch.no_grad()
-    def _probe_channels(self) -> list[int]:
+    def _probe_shapes(self) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
+        """Per step (raw output shape, map shape), both without the batch: one pass on zeros, in eval mode."""
         was_training = self.training
         self.eval()
         x = torch.zeros(2, self.in_chans, *self.input_size)
-        channels = []
+        shapes = []
         for step in self.steps:
             x = self.run_step(step, x)
-            channels.append(int(self.to_map(x).shape[1]))
+            shapes.append((tuple(x.shape[1:]), tuple(self.to_map(x).shape[1:])))
         self.train(was_training)
-        return channels
+        return shapes
 
 
 class ResNetBackbone(Backbone):

@@ -104,7 +104,7 @@ def load_backbone_weights(backbone: Backbone, state: dict[str, torch.Tensor], so
     (derivation in ``data/normalisation.py``). Returns what was adapted/ignored.
     """
     target = backbone.model.state_dict()
-    state = dict(state)
+    state = backbone.adapt_state_dict(dict(state))
     report = {"adapted": [], "ignored": sorted(k for k in state if k not in target and k.startswith(HEAD_PREFIXES))}
     for key in report["ignored"]:
         state.pop(key)

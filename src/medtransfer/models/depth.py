@@ -57,14 +57,11 @@ class DepthRange:
 
 def describe_units(backbone, view: str) -> list[dict]:
     """One row per unit of ``view``: its steps, depth span, parameter count and share (for ``medtransfer describe``)."""
-    from medtransfer.models.backbones import owns
-
     groups = backbone.view(view)
-    params = dict(backbone.model.named_parameters())
-    total = sum(p.numel() for p in params.values())
+    total = sum(p.numel() for p in backbone.model.parameters())
     rows = []
-    for i, (group, prefixes) in enumerate(zip(groups, backbone.unit_prefixes(view))):
-        count = sum(p.numel() for name, p in params.items() if any(owns(pre, name) for pre in prefixes))
+    for i, (group, params) in enumerate(zip(groups, backbone.unit_parameters(view))):
+        count = sum(p.numel() for p in params)
         steps = [backbone.steps[j].name for j in group]
         rows.append({"unit": i, "steps": steps[0] if len(steps) == 1 else f"{steps[0]} .. {steps[-1]}",
                      "n_steps": len(steps), "depth": f"{i / len(groups):.0%}-{(i + 1) / len(groups):.0%}",

@@ -17,6 +17,7 @@ from torch import nn
 
 from medtransfer.errors import ConfigError, allowed
 from medtransfer.models.backbones import Backbone, ResNetBackbone, UNetEncoderBackbone, ViTBackbone
+from medtransfer.models.timm_stages import TimmStagesBackbone
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,22 @@ def _timm_vit(name: str, **kwargs):
         return timm.create_model(name, pretrained=False, num_classes=0, in_chans=in_chans, img_size=input_size,
                                  **kwargs)
     return build
+
+
+def _timm_sized(name: str, **kwargs):
+    """timm models whose layout depends on the input size (Swin's attention windows and relative positions)."""
+    def build(in_chans, input_size, small_stem):
+        return timm.create_model(name, pretrained=False, num_classes=0, in_chans=in_chans, img_size=input_size,
+                                 **kwargs)
+    return build
+
+
+def _efficientnet_tiny(in_chans, input_size, small_stem):
+    # B0's seven block groups (two of them not tapped by feature_info) at a quarter of the width and half the depth
+    from timm.models.efficientnet import _gen_efficientnet
+
+    return _gen_efficientnet("efficientnet_b0", channel_multiplier=0.25, depth_multiplier=0.5, pretrained=False,
+                             num_classes=0, in_chans=in_chans)
 
 
 def _resnet_tiny(in_chans, input_size, small_stem):
@@ -131,6 +148,25 @@ BACKBONES: dict[str, BackboneSpec] = {
     "resnet50": BackboneSpec(_timm("resnet50"), ResNetBackbone, 2, "timm ResNet-50"),
     "vit_small_patch16": BackboneSpec(_timm_vit("vit_small_patch16_224"), ViTBackbone, 2, "timm ViT-S/16"),
     "vit_micro": BackboneSpec(_vit_micro, ViTBackbone, 2, "4-block ViT (32-d, patch 4) for tests"),
+    "densenet121": BackboneSpec(_timm("densenet121"), TimmStagesBackbone, 2, "timm DenseNet-121 (CheXNet)"),
+    "convnext_tiny": BackboneSpec(_timm("convnext_tiny"), TimmStagesBackbone, 2, "timm ConvNeXt-T"),
+    "convnext_atto": BackboneSpec(_timm("convnext_atto"), TimmStagesBackbone, 2, "timm ConvNeXt-Atto (3.4 M)"),
+    "efficientnet_b0": BackboneSpec(_timm("efficientnet_b0"), TimmStagesBackbone, 2, "timm EfficientNet-B0"),
+    "regnety_016": BackboneSpec(_timm("regnety_016"), TimmStagesBackbone, 2, "timm RegNetY-1.6GF"),
+    "swin_tiny_patch4_window7_224": BackboneSpec(_timm_sized("swin_tiny_patch4_window7_224"), TimmStagesBackbone, 2,
+                                                 "timm Swin-T (window 7)"),
+    # reduced widths/depths of the same timm classes, for tests (random weights, 32-64 px)
+    "densenet_tiny": BackboneSpec(_timm("densenet121", growth_rate=8, block_config=(2, 2, 2, 2)), TimmStagesBackbone,
+                                  2, "DenseNet-121 layout, 2 layers per block, growth 8, for tests"),
+    "convnext_micro": BackboneSpec(_timm("convnext_atto", depths=(1, 1, 2, 1), dims=(8, 16, 32, 64)),
+                                   TimmStagesBackbone, 2, "ConvNeXt layout (8-64 ch) for tests"),
+    "efficientnet_tiny": BackboneSpec(_efficientnet_tiny, TimmStagesBackbone, 2,
+                                      "EfficientNet-B0 layout at 1/4 width, 1/2 depth, for tests"),
+    "regnet_tiny": BackboneSpec(_timm("regnety_002", depth=6, w0=8, wa=8, wm=2.0, group_size=8, stem_width=8),
+                                TimmStagesBackbone, 2, "RegNetY layout (8-64 ch) for tests"),
+    "swin_micro": BackboneSpec(_timm_sized("swin_tiny_patch4_window7_224", embed_dim=8, depths=(1, 1, 2, 1),
+                                           num_heads=(1, 1, 1, 1), window_size=2), TimmStagesBackbone, 2,
+                               "Swin layout (8-64 d, window 2) for tests"),
     "resnet_tiny_3d": BackboneSpec(_monai_resnet("basic", [1, 1, 1, 1], [8, 16, 32, 64]), ResNetBackbone, 3,
                                    "4-block 3D ResNet (8-64 ch) for tests"),
     "resnet10_3d": BackboneSpec(_monai_resnet("basic", [1, 1, 1, 1], [64, 128, 256, 512]), ResNetBackbone, 3,
@@ -157,7 +193,8 @@ BACKBONES: dict[str, BackboneSpec] = {
 
 
 def backbone_spec(name: str) -> BackboneSpec:
-    """The registered spec, or one made on the fly for any other timm ResNet/ViT name."""
+    """The registered spec, or one made on the fly for any other timm name: ResNets and ViTs by their own wrappers,
+    any other family through its ``feature_info`` (refused at construction when it has none)."""
     if name in BACKBONES:
         return BACKBONES[name]
     if timm.is_model(name):
@@ -166,8 +203,22 @@ def backbone_spec(name: str) -> BackboneSpec:
             return BackboneSpec(_timm_vit(name), ViTBackbone, 2, f"timm {name}")
         if module.endswith(".resnet"):
             return BackboneSpec(_timm(name), ResNetBackbone, 2, f"timm {name}")
+        build = _timm_sized(name) if module.endswith(".swin_transformer") else _timm(name)
+        return BackboneSpec(build, TimmStagesBackbone, 2, f"timm {name}")
     raise ConfigError(f"backbone.name: unknown backbone {name!r}; allowed: {allowed(BACKBONES)}, "
-                      "or any timm ResNet/VisionTransformer model name")
+                      "or any timm model name that supports features_only")
+
+
+def default_input_size(name: str) -> int:
+    """The input size the architecture was designed for: timm's ``pretrained_cfg`` where it has one."""
+    spec = backbone_spec(name)
+    if spec.spatial_dims == 3:
+        return 64
+    from timm.models import get_pretrained_cfg
+
+    base = name if timm.is_model(name) else None
+    cfg = get_pretrained_cfg(base) if base else None
+    return int(cfg.input_size[-1]) if cfg and cfg.input_size else 224
 
 
 def create_backbone(name: str, in_chans: int, input_size: tuple[int, ...] | int, small_stem: bool = False,
@@ -189,6 +240,8 @@ def create_backbone(name: str, in_chans: int, input_size: tuple[int, ...] | int,
         _cifar_stem(model, in_chans, name)
     try:
         return spec.wrapper(name, model, spec.spatial_dims, in_chans, input_size, small_stem)
+    except ConfigError:
+        raise
     except (RuntimeError, ValueError) as err:
         raise ConfigError(f"input size {input_size} is too small for backbone {name!r} ({err}); resize the data "
                           "or pick a backbone that downsamples less") from err

@@ -18,8 +18,7 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
-from monai.networks.blocks import UnetBasicBlock, UnetOutBlock
+from monai.networks.blocks import UnetOutBlock
 from segmentation_models_pytorch.base import SegmentationHead
 from segmentation_models_pytorch.decoders.fpn.decoder import FPNDecoder
 from segmentation_models_pytorch.decoders.unet.decoder import UnetDecoder
@@ -27,6 +26,7 @@ from torch import nn
 
 from medtransfer.errors import ConfigError, allowed
 from medtransfer.models.backbones import Backbone
+from medtransfer.models.decoders import UNetDecoder3D
 from medtransfer.models.heads import hold_frozen_batchnorm
 
 DECODERS = ("unet", "fpn")
@@ -45,19 +45,14 @@ class Pyramid:
     sizes: tuple[tuple[int, ...], ...]  # map sizes at the backbone's input size
 
     @classmethod
-    @torch.no_grad()
     def of(cls, backbone: Backbone) -> "Pyramid":
-        was_training = backbone.training
-        backbone.eval()
-        maps = backbone.feature_maps(torch.zeros(1, backbone.in_chans, *backbone.input_size))
-        backbone.train(was_training)
-        levels = [round(math.log2(backbone.input_size[0] / m.shape[2])) for m in maps]
+        maps = backbone.map_shapes
+        levels = [round(math.log2(backbone.input_size[0] / size[0])) for _, size in maps]
         deepest = {level: i for i, level in enumerate(levels)}  # later (deeper) maps win at a shared level
         deepest.setdefault(0, INPUT)
         sources = tuple(deepest.get(k) for k in range(max(levels) + 1))
-        channels = tuple(backbone.in_chans if s == INPUT else 0 if s is None else int(maps[s].shape[1])
-                         for s in sources)
-        sizes = tuple(tuple(backbone.input_size) if s == INPUT else () if s is None else tuple(maps[s].shape[2:])
+        channels = tuple(backbone.in_chans if s == INPUT else 0 if s is None else maps[s][0] for s in sources)
+        sizes = tuple(tuple(backbone.input_size) if s == INPUT else () if s is None else maps[s][1]
                       for s in sources)
         return cls(sources, channels, sizes)
 
@@ -81,27 +76,6 @@ class Pyramid:
             width = max(MIN_WIDTH, min(MAX_WIDTH, c if c else width // 2))
             widths.append(width)
         return widths
-
-
-class UNetDecoder3D(nn.Module):
-    """smp's U-Net decoder wiring in 3D with MONAI blocks: upsample to the next level, concatenate its skip, two
-    conv-norm-act layers (``UnetBasicBlock``, instance norm as in MONAI's 3D U-Nets)."""
-
-    def __init__(self, encoder_channels: list[int], decoder_channels: list[int]):
-        super().__init__()
-        skips = list(encoder_channels[1:])[::-1]
-        ins = [skips[0], *decoder_channels[:-1]]
-        skip_channels = skips[1:]
-        self.blocks = nn.ModuleList(
-            UnetBasicBlock(3, i + s, o, kernel_size=3, stride=1, norm_name=("instance", {"affine": True}))
-            for i, s, o in zip(ins, skip_channels, decoder_channels))
-
-    def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
-        deep_first = features[1:][::-1]
-        x, skips = deep_first[0], deep_first[1:]
-        for block, skip in zip(self.blocks, skips):
-            x = block(torch.cat([F.interpolate(x, size=skip.shape[2:], mode="nearest"), skip], dim=1))
-        return x
 
 
 class SegmentationModel(nn.Module):

@@ -30,7 +30,7 @@ class BaseMethod(nn.Module):
     Options: type[MethodOptions] = MethodOptions
     family = "contrastive"  # contrastive | restorative | predictive | multi: decides which depth ranges to try later
     spatial_dims: tuple[int, ...] = (2, 3)
-    backbone_families: tuple[str, ...] = ("resnet", "vit", "unet_encoder")
+    backbone_families: tuple[str, ...] | None = None  # None: any backbone with pooled features
     needs_labels = False  # True: ``ssl_loss(images, labels)`` receives the training labels (supervised method)
 
     @classmethod
@@ -38,7 +38,7 @@ class BaseMethod(nn.Module):
         """Why this method cannot pre-train ``backbone`` (None when it can), checked before any training."""
         if backbone.spatial_dims not in cls.spatial_dims:
             return f"works on {'/'.join(f'{d}D' for d in cls.spatial_dims)} data, not {backbone.spatial_dims}D"
-        if backbone.family not in cls.backbone_families:
+        if cls.backbone_families is not None and backbone.family not in cls.backbone_families:
             return f"needs a {' or '.join(cls.backbone_families)} backbone, not {backbone.name} ({backbone.family})"
         return None
 

@@ -128,7 +128,6 @@ class Jigsaw(BaseMethod):
     Options = JigsawOptions
     family = "predictive"
     spatial_dims = (2, 3)
-    backbone_families = ("resnet", "vit", "unet_encoder")
 
     def __init__(self, backbone, options: JigsawOptions, **kwargs):
         super().__init__(backbone, options, **kwargs)
@@ -152,8 +151,12 @@ class Jigsaw(BaseMethod):
         """The size tiles are resized to before the backbone, or None to feed them as cropped."""
         if self.options.tile_size is not None:
             return (self.options.tile_size,) * backbone.spatial_dims
-        if backbone.family == "vit":
+        if backbone.family in ("vit", "hierarchical_vit"):  # position embeddings / windows fixed to the input size
             return tuple(backbone.input_size)
+        if backbone.family == "cnn":  # every stage needs at least one pixel: tiles of at least the total stride
+            stride = backbone.input_size[0] // backbone.map_shapes[-1][1][0]
+            if min(self.crop) < stride:
+                return tuple(max(stride, n) for n in self.crop)
         if backbone.family == "unet_encoder":
             # each down stage halves the size and its instance norm needs > 1 voxel after it
             need = 2 ** (1 + sum(step.name.startswith("down_") for step in backbone.steps))

@@ -1,9 +1,9 @@
 """Models Genesis (Zhou et al., MICCAI 2019; MedIA 2021): an encoder-decoder restores the original image from a
 corrupted one (flip, local pixel shuffling, non-linear intensity, in-/out-painting); MSE restoration loss.
 
-The corruptions are ``genesis_transforms`` (batched, on the device); the decoder is the light U-Net of ``decoder.py``
-over the backbone's stage maps, with a sigmoid output as in the original (targets are [0, 1] images). Rates are the
-official configuration's (nonlinear 0.9, local 0.5, paint 0.9 of which out-painting 0.8, flip 0.4).
+The corruptions are ``genesis_transforms`` (batched, on the device); the decoder is the light U-Net of
+``models/decoders.py`` over the backbone's stage maps, with a sigmoid output as in the original (targets are [0, 1]
+images). Rates are the official configuration's (nonlinear 0.9, local 0.5, paint 0.9 of which out-painting 0.8, flip 0.4).
 """
 
 from __future__ import annotations

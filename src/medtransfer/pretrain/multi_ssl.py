@@ -76,7 +76,6 @@ class MultiSSL(BaseMethod):
     Options = MultiSSLOptions
     family = "multi"
     spatial_dims = (2, 3)
-    backbone_families = ("resnet", "vit", "unet_encoder")
 
     @classmethod
     def unsupported(cls, backbone, options: MultiSSLOptions | None = None):

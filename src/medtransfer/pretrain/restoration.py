@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from medtransfer.pretrain.base import BaseMethod
-from medtransfer.pretrain.decoder import UNetDecoder
+from medtransfer.models.decoders import UNetDecoder
 
 
 class RestorationMethod(BaseMethod):
@@ -15,7 +15,7 @@ class RestorationMethod(BaseMethod):
 
     family = "restorative"
     spatial_dims = (2, 3)
-    backbone_families = ("resnet", "unet_encoder")
+    backbone_families = ("resnet", "unet_encoder", "cnn")  # convolutional stage maps for the U-Net decoder
 
     def __init__(self, backbone, options, **kwargs):
         super().__init__(backbone, options, **kwargs)

@@ -65,7 +65,6 @@ class Rotation(BaseMethod):
     Options = RotationOptions
     family = "predictive"
     spatial_dims = (2, 3)
-    backbone_families = ("resnet", "vit", "unet_encoder")
 
     @classmethod
     def unsupported(cls, backbone):

@@ -6,7 +6,7 @@
   of the normalised input and of every backbone step's output at that step's resolution, so masked content never
   reaches a visible position and masked positions stay empty after every step (no "mask pattern vanishing").
 * "Densify": at each stage map a learned per-scale mask token fills the masked positions before the light U-Net
-  decoder (``decoder.py``) upsamples back to the input resolution.
+  decoder (``models/decoders.py``) upsamples back to the input resolution.
 * Loss: MSE on the masked patches only, against per-patch-normalised targets (mean/std over each patch's pixels and
   channels, eps 1e-6 inside the square root, as in SparK/MAE).
 
@@ -25,24 +25,14 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from medtransfer.models.backbones import Backbone
 from medtransfer.pretrain.base import BaseMethod, MethodOptions
-from medtransfer.pretrain.decoder import UNetDecoder, resize
+from medtransfer.models.decoders import UNetDecoder, resize
 
 
 class SparKOptions(MethodOptions):
     mask_ratio: float = Field(0.6, gt=0, lt=1)  # Tian et al. 2023, default mask ratio
     decoder_max_width: int = Field(256, ge=8)
     norm_eps: float = Field(1e-6, gt=0)  # per-patch target normalisation (as in MAE's norm_pix_loss)
-
-
-@torch.no_grad()
-def _probe_maps(backbone: Backbone) -> list[tuple[int, tuple[int, ...]]]:
-    was_training = backbone.training
-    backbone.eval()
-    maps = backbone.feature_maps(torch.zeros(2, backbone.in_chans, *backbone.input_size))
-    backbone.train(was_training)
-    return [(int(m.shape[1]), tuple(int(s) for s in m.shape[2:])) for m in maps]
 
 
 def patchify(x: torch.Tensor, patch: tuple[int, ...]) -> torch.Tensor:
@@ -73,14 +63,17 @@ class SparK(BaseMethod):
     Options = SparKOptions
     family = "restorative"
     spatial_dims = (2, 3)
-    backbone_families = ("resnet",)
+    backbone_families = ("resnet", "cnn")
 
     @classmethod
     def unsupported(cls, backbone):
+        if backbone.family in ("vit", "hierarchical_vit"):
+            return (f"re-masks convolutional stage maps; {backbone.name} is a transformer ({backbone.family}): "
+                    "use method 'mae' (plain ViTs) for masked image modelling")
         problem = super().unsupported(backbone)
         if problem:
             return problem
-        maps = _probe_maps(backbone)
+        maps = backbone.map_shapes
         grid = maps[-1][1]
         sizes = [tuple(backbone.input_size)] + [size for _, size in maps]
         if any(s % g for size in sizes for s, g in zip(size, grid)):
@@ -90,7 +83,7 @@ class SparK(BaseMethod):
 
     def __init__(self, backbone, options: SparKOptions, **kwargs):
         super().__init__(backbone, options, **kwargs)
-        maps = _probe_maps(backbone)
+        maps = backbone.map_shapes
         self.grid = maps[-1][1]
         self.patch = tuple(s // g for s, g in zip(backbone.input_size, self.grid))
         shape = (1,) * backbone.spatial_dims

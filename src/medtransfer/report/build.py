@@ -15,9 +15,10 @@ from medtransfer import __version__
 from medtransfer.errors import ConfigError, MedtransferError, allowed
 from medtransfer.evaluate.statistics import MARKERS, NOT_SIGNIFICANT
 from medtransfer.report import comparisons as cmp
-from medtransfer.report import imbalance, plots, tables
+from medtransfer.report import imbalance, plots, stacking, tables
+from medtransfer.report.fusion import fusion_table
 from medtransfer.report.coverage import RUN_KEYS, finished_runs, metric_names, missing_runs
-from medtransfer.report.integrity import check_one_experiment, select_config, warning_table
+from medtransfer.report.integrity import check_one_experiment, grid_axes, select_config, warning_table, with_axes
 from medtransfer.report.html import esc, figure_html, frame_html, page, runs_html
 from medtransfer.report.provenance import compute_time, duration, machines_table, versions_table
 
@@ -34,9 +35,11 @@ class Analysis:
     comparisons: pd.DataFrame
     missing: pd.DataFrame
     warnings: pd.DataFrame = field(default_factory=pd.DataFrame)  # one row per (run, stored warning)
+    fusions: pd.DataFrame = field(default_factory=pd.DataFrame)  # each fusion against its members (report.fusion)
     figures: list[tuple[str, str, Figure]] = field(default_factory=list)
     class_gains: pd.DataFrame = field(default_factory=pd.DataFrame)  # report.imbalance: per class, vs the baseline
     notes: list[str] = field(default_factory=list)
+    stacking: pd.DataFrame | None = None  # per training policy, each init against the baseline init
 
 
 def _marker_legend() -> str:
@@ -63,7 +66,9 @@ def analyse(rows: pd.DataFrame, metric: str | None = None, baseline: str = cmp.D
     strategy = base.strategy or ("end_to_end" if "end_to_end" in strategies else strategies[0])
     summary = tables.summary_with_ci(rows, [metric] + [m for m in present if m != metric])
     result = Analysis(rows, metric, base, strategy, summary, cmp.comparison_table(rows, metric, base),
-                      missing_runs(rows, metric), warning_table(finished_runs(rows)))
+                      missing_runs(rows, metric), warning_table(finished_runs(rows)), fusion_table(rows, metric))
+    if "policy" in grid_axes(finished_runs(rows)):
+        result.stacking = stacking.stacking_table(rows, metric, base.init)
     _notes(result)
     _figures(result, runs_folder)
     return result
@@ -86,31 +91,38 @@ def _notes(a: Analysis) -> None:
 
 
 def _figures(a: Analysis, runs_folder) -> None:
+    rows, summary = a.rows, a.summary
+    if "policy" in summary:  # a figure pools no policies: it shows one, the stacking table compares them all
+        policy = "none" if (summary["policy"] == "none").any() else sorted(summary["policy"].unique())[0]
+        rows, summary = rows[rows["policy"] == policy], summary[summary["policy"] == policy]
+        a.notes.append(f"Figures show the runs under training policy '{policy}'; the stacking table compares all "
+                       "policies.")
     a.figures.append(("label-efficiency", f"{a.metric} vs label fraction per strategy, one line per init; band = "
-                      "95 % CI over seeds", plots.label_efficiency(a.summary, a.metric)))
-    depth = plots.depth_table(a.rows, a.metric)
+                      "95 % CI over seeds", plots.label_efficiency(summary, a.metric)))
+    depth = plots.depth_table(rows, a.metric)
     partial = (depth["start"] < depth["end"]) & (depth["end"] - depth["start"] < 1)  # a range, not all or none
     if partial.any():
         a.figures.append(("depth-heatmap", f"mean {a.metric} by the depth range that is fine-tuned (0 = input, 1 = "
                           "last unit; the head is always trained) and init", plots.depth_heatmap(depth, a.metric)))
     else:
         a.notes.append("No depth-range strategy (range / q1..q4) in these runs: no depth heatmap.")
-    key = plots.per_class_key(a.rows, a.metric)
-    per_class = plots.per_class_table(a.rows, key) if key else pd.DataFrame()
+    key = plots.per_class_key(rows, a.metric)
+    per_class = plots.per_class_table(rows, key) if key else pd.DataFrame()
     if len(per_class) and (per_class["strategy"] == a.strategy).any():
         a.figures.append(("per-class", f"per-class {key} under {a.strategy}, ± std over seeds; rare = training "
                           f"prevalence below {plots.RARE_SHARE:g} x the mean prevalence of the task's classes",
                           plots.per_class_bars(per_class, key, a.strategy)))
     else:
         a.notes.append("No per-class values of a task with more than two classes or labels: no per-class bars.")
-    a.class_gains, figures, notes = imbalance.report_parts(a.rows, a.metric, a.baseline.init)
+    a.class_gains = imbalance.class_gains(a.rows, a.baseline.init)  # every policy, each its own rows
+    _, figures, notes = imbalance.report_parts(rows, a.metric, a.baseline.init)
     a.figures += figures
     a.notes += notes
-    log = plots.training_log(a.rows, runs_folder, a.strategy) if runs_folder else pd.DataFrame()
+    log = plots.training_log(rows, runs_folder, a.strategy) if runs_folder else pd.DataFrame()
     if len(log):
         a.figures.append(("training-curves", f"training loss and validation {a.metric} per epoch under {a.strategy}, "
                           "mean ± std over seeds", plots.training_curves(log, a.metric)))
-        runs = finished_runs(a.rows)
+        runs = finished_runs(rows)
         expected = (runs["strategy"] == a.strategy).sum()
         unlogged = expected - log.groupby(["dataset", "fraction", "init", "seed"]).ngroups
         if unlogged:  # e.g. run folders deleted by hand: the curves rest on fewer runs, which the reader must know
@@ -123,10 +135,11 @@ def _figures(a: Analysis, runs_folder) -> None:
 def _overview(a: Analysis) -> str:
     done = finished_runs(a.rows)
     levels = "".join(f"<li><b>{k}</b>: {esc(', '.join(map(str, sorted(a.rows[k].unique()))))}</li>"
-                     for k in RUN_KEYS)
+                     for k in with_axes(RUN_KEYS, a.rows))
     tested = a.comparisons["p_holm"].notna()
-    significant = a.comparisons.loc[tested & (a.comparisons["p_holm"] < 0.05), ["init", "strategy", "fraction"]]
-    found = "; ".join(f"{r.init}/{r.strategy} at {r.fraction * 100:g}%" for r in significant.itertuples())
+    significant = a.comparisons[tested & (a.comparisons["p_holm"] < 0.05)]
+    found = "; ".join(f"{r.init}/{r.strategy}{f' ({r.policy})' if 'policy' in significant else ''} at "
+                      f"{r.fraction * 100:g}%" for r in significant.itertuples())
     notes = "".join(f'<p class="warn">{esc(n)}</p>' for n in a.notes)
     return (f"<p>{len(done)} finished runs of {len(a.rows)} recorded; main metric <b>{esc(a.metric)}</b>; baseline "
             f"<b>{esc(a.baseline)}</b>. Differing from the baseline after Holm correction (p &lt; 0.05): "
@@ -147,6 +160,22 @@ def _comparisons_html(a: Analysis) -> str:
     return text + frame_html(cmp.display_table(a.comparisons), "comparisons")
 
 
+def _fusions_html(a: Analysis) -> str:
+    text = ("<p>Each fusion against each of its members (under the member's own strategy, else the fusion's) and "
+            "against its best member (best mean over seeds in the cell), at the same dataset and label fraction, "
+            "<b>paired by seed</b>; tests as in Comparisons, Holm-corrected over the "
+            f"{len(a.fusions)} rows of this table. Improvement positive = the fusion is better.</p>")
+    return text + frame_html(cmp.display_table(a.fusions), "comparisons")
+
+
+def _stacking_html(a: Analysis) -> str:
+    text = (f"<p>Under each training policy, every init against <b>{esc(a.baseline.init)}</b> with the same policy, "
+            "strategy and label fraction: gain = init − baseline init, paired by seed, marker from the "
+            f"Holm-adjusted paired t-test over the {len(a.stacking)} comparisons of this table "
+            f"({_marker_legend()}). A gain that holds under 'none' but not under a policy does not stack.</p>")
+    return text + frame_html(stacking.stacking_display(a.stacking), "stacking")
+
+
 def _environment_html(a: Analysis) -> str:
     time = compute_time(a.rows)
     dated = {"started_at", "finished_at"} <= set(a.rows)
@@ -165,8 +194,9 @@ def _environment_html(a: Analysis) -> str:
 def build_report(rows: pd.DataFrame, output_dir: str | Path, metric: str | None = None,
                  baseline: str = cmp.DEFAULT_BASELINE, runs_folder: str | Path | None = None,
                  title: str = "medtransfer report") -> Path:
-    """Write report.html and, beside it, summary.{csv,md,tex}, comparisons.{csv,md,tex}, missing_runs.csv and
-    one PNG per figure into ``output_dir``; returns the path of report.html. Arguments as in ``analyse``."""
+    """Write report.html and, beside it, summary.{csv,md,tex}, comparisons.{csv,md,tex}, missing_runs.csv,
+    stacking.{csv,md} (runs with training policies) and one PNG per figure into ``output_dir``; returns the path of
+    report.html. Arguments as in ``analyse``."""
     a = analyse(rows, metric, baseline, runs_folder)
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -182,6 +212,12 @@ def build_report(rows: pd.DataFrame, output_dir: str | Path, metric: str | None 
     a.class_gains.to_csv(out / "per_class.csv", index=False)
     per_class = imbalance.per_class_display(a.class_gains)
     (out / "per_class.md").write_text(per_class.to_markdown(index=False, disable_numparse=True), encoding="utf-8")
+    if len(a.fusions):
+        a.fusions.to_csv(out / "fusions.csv", index=False)
+        (out / "fusions.md").write_text(cmp.to_markdown(a.fusions), encoding="utf-8")
+    if a.stacking is not None:
+        a.stacking.to_csv(out / "stacking.csv", index=False)
+        (out / "stacking.md").write_text(stacking.to_markdown(a.stacking, a.metric, a.baseline.init), encoding="utf-8")
     figures = []
     for name, caption, fig in a.figures:
         element, png = figure_html(fig, caption, name)
@@ -201,6 +237,9 @@ def build_report(rows: pd.DataFrame, output_dir: str | Path, metric: str | None 
             f"<p>Per-class {esc(imbalance.gain_key(a.rows) or '')}, mean over seeds; gain = init − "
             f"{esc(a.baseline.init)} averaged over the seeds both ran; prevalence = the class's share of the training "
             f"examples per epoch.</p>{frame_html(per_class, 'per-class')}")] if len(per_class) else []),
+        *([("fusions", f"Fusions against their members ({a.metric})", _fusions_html(a))] if len(a.fusions) else []),
+        *([("stacking", f"Stacking: init gain per training policy ({a.metric})", _stacking_html(a))]
+          if a.stacking is not None else []),
         ("missing", "Missing runs", missing),
         ("warnings", "Warnings", frame_html(a.warnings, "warnings") if len(a.warnings) else
          "<p>None: no finished run stored a warning.</p>"),

@@ -22,7 +22,7 @@ from medtransfer.errors import ConfigError, allowed
 from medtransfer.evaluate import LOWER_IS_BETTER
 from medtransfer.evaluate.statistics import holm, marker, paired_test, relative_improvement, unpaired_test
 from medtransfer.report.coverage import finished_runs
-from medtransfer.report.integrity import check_one_experiment
+from medtransfer.report.integrity import check_one_experiment, grid_axes, with_axes
 
 DEFAULT_BASELINE = "random/end_to_end"
 COLUMNS = ["dataset", "fraction", "init", "strategy", "baseline", "design", "n", "mean", "baseline_mean", "diff",
@@ -67,7 +67,8 @@ def _pairs(candidate: pd.Series, base: pd.Series) -> tuple[str, np.ndarray, np.n
 
 
 def comparison_table(rows: pd.DataFrame, metric: str, baseline: str | Baseline = DEFAULT_BASELINE) -> pd.DataFrame:
-    """One row per (dataset, fraction, init, strategy) compared with the baseline at the same dataset and fraction.
+    """One row per (dataset, fraction, init, strategy) compared with the baseline at the same dataset and fraction
+    (and the same training policy, which then is a column).
 
     ``mean``/``baseline_mean`` are over the seeds entering the test; ``diff`` and ``effect`` are candidate minus
     baseline (d_z paired, Hedges' g unpaired); ``improvement_%`` is positive when the candidate is better.
@@ -83,8 +84,9 @@ def comparison_table(rows: pd.DataFrame, metric: str, baseline: str | Baseline =
     done = done[done[column].notna()]
     _check(done, baseline)
     lower = metric in LOWER_IS_BETTER
+    axes = grid_axes(done)  # e.g. the training policy: each policy's runs are compared with its own baseline
     records = []
-    for (dataset, fraction), group in done.groupby(["dataset", "fraction"], sort=True):
+    for (dataset, fraction, *levels), group in done.groupby(["dataset", "fraction", *axes], sort=True):
         values = {key: g.set_index("seed")[column] for key, g in group.groupby(["init", "strategy"], sort=True)}
         for (init, strategy), candidate in values.items():
             base_key = (baseline.init, baseline.strategy or strategy)
@@ -93,21 +95,31 @@ def comparison_table(rows: pd.DataFrame, metric: str, baseline: str | Baseline =
             base = values.get(base_key, pd.Series(dtype=float))
             if base.empty:
                 continue  # no finished baseline here: the missing-runs table shows it
-            design, c, b, notes = _pairs(candidate, base)
-            result = paired_test(c, b) if design == "paired" else unpaired_test(c, b)
-            mean, base_mean = (float(np.mean(c)), float(np.mean(b))) if len(c) and len(b) else (math.nan, math.nan)
-            records.append({
-                "dataset": dataset, "fraction": fraction, "init": init, "strategy": strategy,
-                "baseline": f"{base_key[0]}/{base_key[1]}", "design": design, "n": result.n, "mean": mean,
-                "baseline_mean": base_mean, "diff": result.diff,
-                "improvement_%": relative_improvement(mean, base_mean, lower), "test": result.test, "p": result.p,
-                "rank_test": result.rank_test, "p_rank": result.p_rank, "effect_name": result.effect_name,
-                "effect": result.effect, "notes": "; ".join(notes + result.notes)})
-    table = pd.DataFrame(records, columns=[c for c in COLUMNS if c not in ("p_holm", "p_rank_holm", "marker")])
+            records.append({"dataset": dataset, "fraction": fraction, "init": init, "strategy": strategy,
+                            **dict(zip(axes, levels)), "baseline": f"{base_key[0]}/{base_key[1]}",
+                            **compare(candidate, base, lower)})
+    return with_holm(records, with_axes(COLUMNS, done))
+
+
+def compare(candidate: pd.Series, base: pd.Series, lower: bool) -> dict:
+    """Two cells' values by seed -> the test columns of one comparison row (paired by seed where they share seeds;
+    ``lower``: the metric is better when lower)."""
+    design, c, b, notes = _pairs(candidate, base)
+    result = paired_test(c, b) if design == "paired" else unpaired_test(c, b)
+    mean, base_mean = (float(np.mean(c)), float(np.mean(b))) if len(c) and len(b) else (math.nan, math.nan)
+    return {"design": design, "n": result.n, "mean": mean, "baseline_mean": base_mean, "diff": result.diff,
+            "improvement_%": relative_improvement(mean, base_mean, lower), "test": result.test, "p": result.p,
+            "rank_test": result.rank_test, "p_rank": result.p_rank, "effect_name": result.effect_name,
+            "effect": result.effect, "notes": "; ".join(notes + result.notes)}
+
+
+def with_holm(records: list[dict], columns: list[str] = COLUMNS) -> pd.DataFrame:
+    """Comparison rows as a table, p-values Holm-adjusted over all of them (one family) and marked."""
+    table = pd.DataFrame(records, columns=[c for c in columns if c not in ("p_holm", "p_rank_holm", "marker")])
     table["p_holm"] = holm(table["p"].to_numpy(dtype=float))
     table["p_rank_holm"] = holm(table["p_rank"].to_numpy(dtype=float))
     table["marker"] = [marker(p) for p in table["p_holm"]]
-    return table[COLUMNS]
+    return table[columns]
 
 
 def _p(value: float) -> str:
@@ -122,7 +134,8 @@ def display_table(table: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
 
     return pd.DataFrame({
         "dataset": table["dataset"], "labels": table["fraction"].map(lambda f: f"{f * 100:g}%"),
-        "init": table["init"], "strategy": table["strategy"], "baseline": table["baseline"],
+        "init": table["init"], "strategy": table["strategy"],
+        **{axis: table[axis] for axis in with_axes([], table)}, "baseline": table["baseline"],
         "n": table["n"].astype(str) + " " + table["design"],
         "mean": table["mean"].map(lambda v: number(v, f".{digits}f")),
         "baseline mean": table["baseline_mean"].map(lambda v: number(v, f".{digits}f")),

@@ -12,7 +12,7 @@ import itertools
 
 import pandas as pd
 
-from medtransfer.report.integrity import RUN_KEYS
+from medtransfer.report.integrity import RUN_KEYS, with_axes
 
 
 def metric_names(rows: pd.DataFrame) -> list[str]:
@@ -26,9 +26,10 @@ def finished_runs(rows: pd.DataFrame) -> pd.DataFrame:
 
 
 def expected_grid(rows: pd.DataFrame) -> pd.DataFrame:
-    """Every (dataset, init, strategy, fraction, seed) of the product of the levels present in ``rows``."""
-    levels = [sorted(rows[key].unique()) for key in RUN_KEYS]
-    return pd.DataFrame(list(itertools.product(*levels)), columns=list(RUN_KEYS))
+    """Every (dataset, init, strategy[, policy], fraction, seed) of the product of the levels present in ``rows``."""
+    keys = with_axes(RUN_KEYS, rows)
+    levels = [sorted(rows[key].unique()) for key in keys]
+    return pd.DataFrame(list(itertools.product(*levels)), columns=keys)
 
 
 def _first_line(text) -> str:
@@ -41,14 +42,14 @@ def missing_runs(rows: pd.DataFrame, metric: str) -> pd.DataFrame:
     ``status`` is the store's (failed, interrupted, running), "not started" for a run absent from the store, or
     "metric undefined" for a finished run whose value is NaN.
     """
-    grid = expected_grid(rows)
+    grid, keys = expected_grid(rows), with_axes(RUN_KEYS, rows)
     if "status" not in rows:  # a hand-made frame of finished runs
         rows = rows.assign(status="done")
-    present = rows.reindex(columns=[*RUN_KEYS, "status", "error", f"metric.{metric}"])
-    merged = grid.merge(present, on=list(RUN_KEYS), how="left")
+    present = rows.reindex(columns=[*keys, "status", "error", f"metric.{metric}"])
+    merged = grid.merge(present, on=keys, how="left")
     value = merged[f"metric.{metric}"]
     lacking = merged[(merged["status"] != "done") | value.isna()].copy()
     lacking["status"] = lacking["status"].fillna("not started")
     lacking.loc[lacking["status"] == "done", "status"] = "metric undefined"
     lacking["error"] = lacking["error"].map(_first_line)
-    return lacking[[*RUN_KEYS, "status", "error"]].reset_index(drop=True)
+    return lacking[[*keys, "status", "error"]].reset_index(drop=True)

@@ -19,8 +19,22 @@ from medtransfer.errors import ConfigError, allowed
 
 CELL = ("dataset", "init", "strategy", "fraction")
 RUN_KEYS = (*CELL, "seed")
+AXES = {"policy": "none"}  # grid axes beyond the cell, with the value of runs that do not set them
 KEY_DIGITS = 6
 _LONG = 16  # longer values (checkpoint hashes, paths) are shortened in the legend
+
+
+def grid_axes(rows: pd.DataFrame) -> list[str]:
+    """The ``AXES`` these runs vary or set: each is then a key of every cell (runs under different policies are
+    different configs, never pooled). Absent from runs that never set one, so their tables look as before."""
+    return [axis for axis, unset in AXES.items() if axis in rows and (rows[axis] != unset).any()]
+
+
+def with_axes(keys, rows: pd.DataFrame) -> list[str]:
+    """``keys`` with the runs' ``grid_axes`` inserted after "strategy" (or appended when it is absent)."""
+    keys, axes = list(keys), grid_axes(rows)
+    at = keys.index("strategy") + 1 if "strategy" in keys else len(keys)
+    return keys[:at] + [a for a in axes if a not in keys] + keys[at:]
 
 
 def _flatten(config, prefix: str = "") -> dict:
@@ -37,7 +51,7 @@ def differing_settings(rows: pd.DataFrame) -> list[str]:
         return []
     flat = [_flatten(c) for c in rows["config"]]
     differing: set[str] = set()
-    for positions in rows.groupby(list(CELL), sort=False).indices.values():
+    for positions in rows.groupby(with_axes(CELL, rows), sort=False).indices.values():
         group = [flat[i] for i in positions]
         for key in set().union(*group) - {"seed"} - differing:
             if len({g.get(key) for g in group}) > 1:
@@ -107,8 +121,8 @@ def warning_table(rows: pd.DataFrame) -> pd.DataFrame:
         for run in rows.itertuples(index=False):
             extra = run.extra if isinstance(run.extra, dict) else {}
             for warning in extra.get("warnings", []):
-                records.append({key: getattr(run, key) for key in RUN_KEYS} | {"warning": warning})
-    return pd.DataFrame(records, columns=[*RUN_KEYS, "warning"])
+                records.append({key: getattr(run, key) for key in with_axes(RUN_KEYS, rows)} | {"warning": warning})
+    return pd.DataFrame(records, columns=[*with_axes(RUN_KEYS, rows), "warning"])
 
 
 def warned_runs(rows: pd.DataFrame) -> pd.Series:

@@ -18,7 +18,7 @@ from medtransfer.errors import ConfigError, allowed
 from medtransfer.evaluate import LOWER_IS_BETTER  # error metrics (mae, hd95): the best cell is the lowest
 from medtransfer.evaluate.statistics import mean_ci
 from medtransfer.report.coverage import expected_grid, finished_runs, metric_names
-from medtransfer.report.integrity import check_one_experiment, config_table, legend, warned_runs
+from medtransfer.report.integrity import check_one_experiment, config_table, legend, warned_runs, with_axes
 
 BY = ("dataset", "init", "strategy", "fraction")
 ROW_KEYS = ("dataset", "init", "strategy")
@@ -39,6 +39,7 @@ def summary_table(rows: pd.DataFrame, metric: str = "auc", by: Sequence[str] = B
     missing = [c for c in by if c not in rows.columns]
     if missing:
         raise ConfigError(f"cannot group by {', '.join(missing)}; columns: {allowed(rows.columns)}")
+    by = with_axes(by, rows)  # a policy is part of every cell: never pooled
     configs = config_table(rows)
     if configs is not None:
         rows, by = rows.join(configs), [*by, *configs.columns]
@@ -69,7 +70,8 @@ def format_table(summary: pd.DataFrame, metric: str, digits: int = 3) -> str:
     missing = [c for c in needed if c not in summary.columns]
     if missing:
         raise ValueError(f"summary lacks columns {', '.join(missing)}; build it with summary_table(by={BY})")
-    row_keys = [*ROW_KEYS, *(["config_key"] if "config_key" in summary else [])]
+    shown = with_axes(ROW_KEYS, summary)
+    row_keys = [*shown, *(["config_key"] if "config_key" in summary else [])]
     best = summary.groupby(["dataset", "fraction"])["mean"].transform("min" if metric in LOWER_IS_BETTER else "max")
     warned = summary["warned"] if "warned" in summary else pd.Series(0, index=summary.index)
     cells: dict[tuple, dict[float, str]] = defaultdict(dict)
@@ -77,7 +79,7 @@ def format_table(summary: pd.DataFrame, metric: str, digits: int = 3) -> str:
         key = tuple(getattr(row, k) for k in row_keys)
         cells[key][row.fraction] = _cell(row.mean, row.std, row.n, digits, int(n_warned)) + ("*" if is_best else "")
     fractions = sorted(summary["fraction"].unique())
-    table = [[*ROW_KEYS, *(["config"] if "config_key" in summary else []), *map(_fraction_label, fractions)]]
+    table = [[*shown, *(["config"] if "config_key" in summary else []), *map(_fraction_label, fractions)]]
     table += [[*map(str, key), *(cells[key].get(f, "-") for f in fractions)] for key in sorted(cells)]
     widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in table]
@@ -102,18 +104,19 @@ def summary_with_ci(rows: pd.DataFrame, metrics: Sequence[str] | None = None,
         raise ConfigError(f"metric(s) {', '.join(map(repr, unknown))} not in these results; present: "
                           f"{allowed(metric_names(rows)) or 'none'}")
     check_one_experiment(rows)
-    expected = expected_grid(rows).groupby(list(BY)).size()
+    by = with_axes(BY, rows)
+    expected = expected_grid(rows).groupby(by).size()
     done = finished_runs(rows)
-    warned = warned_runs(done).groupby([done[c] for c in BY]).sum()
+    warned = warned_runs(done).groupby([done[c] for c in by]).sum()
     records = []
     for metric in metrics:
-        values = {key: group.dropna().to_numpy() for key, group in done.groupby(list(BY))[f"metric.{metric}"]}
+        values = {key: group.dropna().to_numpy() for key, group in done.groupby(by)[f"metric.{metric}"]}
         for key, n_expected in expected.items():
             mean, std, low, high, n = mean_ci(values.get(key, np.empty(0)), confidence)
-            records.append({**dict(zip(BY, key)), "metric": metric, "mean": mean, "std": std, "ci_low": low,
+            records.append({**dict(zip(by, key)), "metric": metric, "mean": mean, "std": std, "ci_low": low,
                             "ci_high": high, "n": n, "n_expected": int(n_expected),
                             "warned": int(warned.get(key, 0))})
-    summary = pd.DataFrame(records, columns=[*BY, "metric", "mean", "std", "ci_low", "ci_high", "n", "n_expected",
+    summary = pd.DataFrame(records, columns=[*by, "metric", "mean", "std", "ci_low", "ci_high", "n", "n_expected",
                                              "warned"])
     summary["short"] = summary["n"] < summary["n_expected"]
     lower = summary["metric"].isin(LOWER_IS_BETTER)
@@ -147,7 +150,7 @@ def wide_table(summary: pd.DataFrame, metric: str, digits: int = 3, pm: str = "Â
     columns = [_fraction_label(f) for f in sorted(part["fraction"].unique())]
 
     def pivot(values: str, fill):
-        table = part.pivot(index=list(ROW_KEYS), columns="column", values=values).reindex(columns=columns)
+        table = part.pivot(index=with_axes(ROW_KEYS, part), columns="column", values=values).reindex(columns=columns)
         return table.rename_axis(columns=None).fillna(fill)
 
     return pivot("text", "-"), pivot("best", False).astype(bool), pivot("short", False).astype(bool)

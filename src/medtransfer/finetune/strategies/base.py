@@ -12,7 +12,7 @@ from typing import ClassVar
 from pydantic import BaseModel, ConfigDict
 from torch import nn
 
-from medtransfer.models.backbones import Backbone, owns
+from medtransfer.models.backbones import Backbone
 from medtransfer.models.heads import Classifier
 
 
@@ -49,15 +49,8 @@ def trainable(module: nn.Module) -> list[nn.Parameter]:
     return [p for p in module.parameters() if p.requires_grad]
 
 
-def set_frozen(backbone: Backbone, prefixes, frozen: bool = True) -> None:
-    """(Un)freeze every parameter of ``backbone.model`` under one of ``prefixes``."""
-    prefixes = tuple(prefixes)
-    for name, param in backbone.model.named_parameters():
-        if any(owns(p, name) for p in prefixes):
-            param.requires_grad_(not frozen)
-
-
 def freeze_units_except(backbone: Backbone, view: str, keep_trainable: list[int]) -> None:
     """Freeze every unit of ``view`` whose index is not in ``keep_trainable``."""
-    for i, prefixes in enumerate(backbone.unit_prefixes(view)):
-        set_frozen(backbone, prefixes, frozen=i not in keep_trainable)
+    for i, params in enumerate(backbone.unit_parameters(view)):
+        for param in params:
+            param.requires_grad_(i in keep_trainable)

@@ -6,7 +6,6 @@ from typing import Literal
 from pydantic import Field
 
 from medtransfer.finetune.strategies.base import Strategy
-from medtransfer.models.backbones import owns
 
 
 class LayerwiseLRDecay(Strategy):
@@ -17,10 +16,8 @@ class LayerwiseLRDecay(Strategy):
         return f"lwlr_decay {self.decay:g}"
 
     def param_groups(self, model, lr, view):
-        units = model.backbone.unit_prefixes(view)
+        units = model.backbone.unit_parameters(view)
         groups = [{"params": list(model.head.parameters()), "lr": lr}]
-        named = list(model.backbone.model.named_parameters())
-        for i, prefixes in enumerate(units):
-            params = [p for name, p in named if any(owns(pre, name) for pre in prefixes)]
+        for i, params in enumerate(units):
             groups.append({"params": params, "lr": lr * self.decay ** (len(units) - i)})
         return groups
