@@ -68,3 +68,13 @@ def test_unreachable_ratio_is_one_error_before_training(tmp_path, capsys, monkey
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ")
     assert "imbalance.ratios: 100 is out of reach" in err[0] and "largest reachable ratio: 30" in err[0]
+
+
+def test_resample_refuses_policies_that_count_the_whole_subset(tmp_path, capsys):
+    experiment = {**EXPERIMENT, "policies": ["none", {"class_weights": "balanced"}],
+                  "imbalance": {"ratios": [None, 1], "mode": "resample"}}
+    assert run(tmp_path, experiment) == 2
+    assert "policies ['class_weights'] would weigh or sample the whole labelled subset" in capsys.readouterr().err
+    experiment["imbalance"]["mode"] = "subsample"  # a fixed subset: the weights count what the run trains on
+    experiment["train"] = {"epochs": 1, "batch_size": 32}
+    assert run(tmp_path, experiment) == 0
