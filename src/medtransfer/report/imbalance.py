@@ -171,9 +171,10 @@ def per_class_display(gains: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
     """``class_gains`` for reading: the ratio split from the dataset, rare classes marked "rare"."""
     split = [split_ratio(d) for d in gains["dataset"]]
     number = lambda v, fmt: "" if pd.isna(v) else format(v, fmt)  # noqa: E731
+    axes = {axis: gains[axis] for axis in AXES if axis in gains and (gains[axis] != "none").any()}
     return pd.DataFrame({
         "dataset": [s[0] for s in split], "ratio": [s[1] for s in split],
-        "labels": gains["fraction"].map(lambda f: f"{f * 100:g}%"), "strategy": gains["strategy"],
+        "labels": gains["fraction"].map(lambda f: f"{f * 100:g}%"), "strategy": gains["strategy"], **axes,
         "class": gains["name"] + np.where(gains["rare"], " (rare)", ""),
         "prevalence": gains["prevalence"].map(lambda v: number(v, ".1%")), "init": gains["init"],
         "mean": gains["mean"].map(lambda v: number(v, f".{digits}f")), "n": gains["n"].astype(str),
