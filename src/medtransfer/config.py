@@ -14,7 +14,7 @@ from pydantic import (AfterValidator, BaseModel, ConfigDict, Discriminator, Fiel
                       ValidationInfo, field_validator, model_validator)
 from typing_extensions import Annotated
 
-from medtransfer.data.imbalance import ImbalanceConfig
+from medtransfer.imbalance import ImbalanceConfig
 from medtransfer.errors import ConfigError, allowed
 from medtransfer.seeds import Seed
 from medtransfer.yaml_loader import safe_load_unique

@@ -4,9 +4,9 @@ epoch and reproducible; unreachable ratios refused naming the largest reachable 
 import numpy as np
 import pytest
 
-from medtransfer.config import ExperimentConfig, validate_config
 from medtransfer.data.fractions import label_fraction_indices
-from medtransfer.data.imbalance import EpochSampler, Imbalance, plan_imbalance, split_ratio, with_ratio
+from medtransfer.data.imbalance import EpochSampler, plan_imbalance
+from medtransfer.imbalance import Imbalance
 from medtransfer.errors import ConfigError
 
 # class 0 is the majority (600), class 1 the natural minority (200): natural ratio 3 : 1
@@ -104,23 +104,3 @@ def test_resample_keeps_the_minority_and_redraws_the_majority_every_epoch():
     assert len(EpochSampler(p.draw, min_samples=1000)) == 1000
     unset = EpochSampler(p.draw)  # passes without set_epoch (a DDP wrapper) still advance through the epochs
     assert [frozenset(subset[list(unset)]) for _ in range(3)] == epochs
-
-
-def test_config_shorthand_and_errors_name_the_key():
-    base = {"name": "x", "datasets": ["synthetic2d"]}
-    cfg = validate_config({**base, "imbalance": [None, 10, 50]}, ExperimentConfig)
-    assert [s and s.ratio for s in cfg.imbalance.settings()] == [None, 10, 50]
-    assert validate_config(base, ExperimentConfig).imbalance.settings() == [None]
-    with pytest.raises(ConfigError, match=r"imbalance.ratios.0: 0.5 rejected"):
-        validate_config({**base, "imbalance": [0.5]}, ExperimentConfig)
-    with pytest.raises(ConfigError, match=r"imbalance.mode: 'oversample' rejected"):
-        validate_config({**base, "imbalance": {"ratios": [2], "mode": "oversample"}}, ExperimentConfig)
-    with pytest.raises(ConfigError, match=r"imbalance.ratio: unknown key; allowed here: mode, rare_class, ratios"):
-        validate_config({**base, "imbalance": {"ratio": [2]}}, ExperimentConfig)
-
-
-def test_dataset_label_carries_the_ratio_only_when_set():
-    assert with_ratio("pneumoniamnist", None) == "pneumoniamnist"
-    label = with_ratio("pneumoniamnist", Imbalance(10))
-    assert label == "pneumoniamnist @ 10:1" and split_ratio(label) == ("pneumoniamnist", "10:1")
-    assert split_ratio("pneumoniamnist") == ("pneumoniamnist", "natural")

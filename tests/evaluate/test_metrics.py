@@ -7,7 +7,6 @@ from sklearn import metrics as skm
 
 from medtransfer.errors import ConfigError
 from medtransfer.evaluate import METRICS, compute_metrics
-from medtransfer.evaluate.metrics import rare_class_metrics
 
 # Fixed small inputs; every expectation below is recomputed with scikit-learn or by hand.
 Y_BIN = np.array([0, 1, 1, 0, 1, 0, 1, 1])
@@ -200,13 +199,3 @@ def test_ap_of_an_absent_class_and_precision_of_a_never_predicted_one_are_nan():
     overall, per_class = compute_metrics("multiclass", y, s)
     assert math.isnan(per_class["ap"][2]) and math.isnan(per_class["precision"][2])
     assert overall["ap"] == pytest.approx(1.0) and overall["precision"] == pytest.approx(1.0)
-
-
-def test_rare_class_headlines_need_a_named_or_clearly_rare_class():
-    _, per_class = compute_metrics("binary", Y_BIN, S_BIN)
-    record = {"rare_class": 0, "rare_named": False, "achieved_ratio": 2.5}
-    assert rare_class_metrics(per_class, record) == {"rare_ap": per_class["ap"][0],
-                                                     "rare_recall": per_class["recall"][0]}
-    balanced = {"rare_class": 0, "rare_named": False, "achieved_ratio": 1.2}
-    assert rare_class_metrics(per_class, balanced) == {} and rare_class_metrics(per_class, None) == {}
-    assert set(rare_class_metrics(per_class, {**balanced, "rare_named": True})) == {"rare_ap", "rare_recall"}

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from medtransfer.bench.store import config_hash
 from medtransfer.config import DatasetConfig, ExperimentConfig, InitConfig
 from medtransfer.data import identity_options
-from medtransfer.data.imbalance import Imbalance, with_ratio
+from medtransfer.imbalance import Imbalance, with_ratio
 from medtransfer.data.normalisation import DEFAULT, Normalisation
 from medtransfer.finetune.policies import NO_POLICY, TrainingPolicy
 from medtransfer.finetune.strategies import Strategy

@@ -34,7 +34,7 @@ from medtransfer.data import ImageDataset, label_fraction_indices, load_dataset
 from medtransfer.data.imbalance import class_counts, plan_imbalance
 from medtransfer.data.normalisation import DEFAULT, Normalisation
 from medtransfer.errors import ConfigError
-from medtransfer.evaluate.metrics import rare_class_metrics
+from medtransfer.evaluate.rare import rare_class_metrics
 from medtransfer.finetune.frozen import check_hardware
 from medtransfer.finetune.policies.checks import check_policies
 from medtransfer.finetune.strategies.knn import KNN

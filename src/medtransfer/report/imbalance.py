@@ -15,8 +15,8 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from medtransfer.data.imbalance import split_ratio
-from medtransfer.evaluate.metrics import rare_class
+from medtransfer.imbalance import split_ratio
+from medtransfer.evaluate.rare import rare_class
 from medtransfer.report.coverage import finished_runs
 from medtransfer.report.integrity import CELL as RUN_CELL
 from medtransfer.report.plots import _grid
