@@ -2,9 +2,8 @@
 
 The hash covers everything that changes a result (data and its options, backbone, the init's *content* hash and
 input normalisation, strategy, label fraction, seed, schedule; the training policy and the imbalance ratio only when
-set) and nothing
-that does not (hardware, output folder), so re-running an experiment on another machine skips what is finished and
-a changed checkpoint file is never mistaken for the old.
+set) and nothing that does not (hardware, output folder), so re-running an experiment on another machine skips what
+is finished and a changed checkpoint file is never mistaken for the old.
 """
 
 from __future__ import annotations
