@@ -14,6 +14,7 @@ from pydantic import (AfterValidator, BaseModel, ConfigDict, Discriminator, Fiel
                       ValidationInfo, field_validator, model_validator)
 from typing_extensions import Annotated
 
+from medtransfer.imbalance import ImbalanceConfig
 from medtransfer.errors import ConfigError, allowed
 from medtransfer.seeds import Seed
 from medtransfer.yaml_loader import safe_load_unique
@@ -342,8 +343,8 @@ FusionMember.model_rebuild()
 
 
 class ExperimentConfig(Strict):
-    """A grid: inits x datasets x strategies x policies x label fractions x seeds, all sharing one backbone and
-    schedule."""
+    """A grid: inits x datasets x strategies x policies x label fractions x imbalance ratios x seeds, all sharing one
+    backbone and schedule."""
 
     name: str
     output: Optional[FilePath] = None
@@ -357,6 +358,7 @@ class ExperimentConfig(Strict):
     hardware: HardwareConfig = HardwareConfig()
     policies: list[Any] = Field(default_factory=lambda: ["none"], min_length=1, validate_default=True,
                                 description="training policies, one grid entry each (finetune/policies)")
+    imbalance: ImbalanceConfig = ImbalanceConfig()  # data.imbalance: training ratios majority : rare class
 
     @field_validator("policies")
     @classmethod

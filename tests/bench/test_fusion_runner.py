@@ -104,6 +104,7 @@ def test_a_misfit_member_is_refused_before_training(tmp_path, misfit, message):
     (None, {"strategies": ["warmup"], "train": {"epochs": 20}}, r"fuse\[0\] under strategies\[0\].*'warmup ?"),
     (None, {"hardware": {"executor": "ray"}}, "fusions run with hardware.executor: sequential only"),
     (None, {"policies": ["none", {"mixup": 0.2}]}, r"fusions train without training policies; policies \['mixup"),
+    (None, {"imbalance": [None, 2]}, r"fusions train at the natural class ratio only; imbalance.ratios \[2"),
 ])
 def test_an_unrunnable_fusion_is_refused_by_name_before_training(tmp_path, fusion, changes, message):
     with pytest.raises(ConfigError, match=message):

@@ -199,3 +199,27 @@ def test_nearest_resizing_is_another_run_linear_keeps_the_ids_from_before_it_was
     assert "resize_mode" not in spec.resolved(cfg, None)["dataset"]
     assert near.resolved(near_cfg, None)["dataset"]["resize_mode"] == "nearest"
     assert near.run_id(near_cfg, None) != spec.run_id(cfg, None)
+
+
+def test_run_ids_of_the_natural_ratio_are_the_stored_ones():
+    """Pinned ids computed before the imbalance axis existed: stored results must still be found."""
+    ids = ids_of(cfg_of())
+    assert ids[0] == "d557759ea53cde32aa507beae4591e5ba5bf6134fee73a5c7919763f513d9ebf"
+    assert ids[-1] == "e3ea63f3801e5e85e811f1b431b286dc9b2739924f7d7bfb57e6b1f0c176cfdd"
+    assert ids_of(cfg_of(imbalance=[None])) == ids
+
+
+def test_imbalance_axis_multiplies_the_grid_and_only_set_ratios_change_ids():
+    plain = ids_of(cfg_of(datasets=[SMALL]))
+    cfg = cfg_of(datasets=[SMALL], imbalance={"ratios": [None, 10], "mode": "resample"})
+    specs = expand(cfg)
+    assert len(specs) == 2 * len(plain)
+    natural = [s.run_id(cfg, SHA[s.init.name]) for s in specs if s.imbalance is None]
+    assert natural == plain
+    at_10 = [s for s in specs if s.imbalance is not None]
+    assert {s.labels()["dataset"] for s in at_10} == {"synthetic2d @ 10:1"}
+    assert at_10[0].resolved(cfg, None)["imbalance"] == {"ratio": 10, "mode": "resample", "rare_class": None}
+    resample_ids = {s.run_id(cfg, SHA[s.init.name]) for s in at_10}
+    assert not resample_ids & set(plain)
+    subsample = cfg_of(datasets=[SMALL], imbalance=[10])
+    assert not resample_ids & set(ids_of(subsample))  # the mode is part of the run

@@ -55,7 +55,7 @@ def test_binary_matches_sklearn():
     assert overall["f1"] == pytest.approx(skm.f1_score(Y_BIN, pred, average="macro"))
     assert per_class["recall"] == pytest.approx(skm.recall_score(Y_BIN, pred, average=None))
     assert per_class["auc"][1] == overall["auc"]
-    assert set(overall) == {"auc", "acc", "bacc", "f1"}  # kappa/mae skipped: not ordinal
+    assert set(overall) == {"auc", "acc", "bacc", "f1", "ap", "precision"}  # kappa/mae skipped: not ordinal
 
 
 def test_multiclass_matches_sklearn():
@@ -176,5 +176,26 @@ def test_invalid_inputs_raise(task, y, s, error, match):
 
 
 def test_unknown_metric_lists_allowed():
-    with pytest.raises(ConfigError, match="'dice'.*allowed: acc, auc, bacc, f1, kappa, mae"):
+    with pytest.raises(ConfigError, match="'dice'.*allowed: acc, ap, auc, bacc, f1, kappa, mae, precision"):
         compute_metrics("binary", Y_BIN, S_BIN, names=["auc", "dice"])
+
+
+@pytest.mark.parametrize("task, y, s", [("binary", Y_BIN, S_BIN), ("multiclass", Y_MC, S_MC),
+                                        ("multilabel", Y_ML, S_ML)])
+def test_ap_and_precision_equal_sklearn(task, y, s):
+    overall, per_class = compute_metrics(task, y, s)
+    targets = y if task == "multilabel" else np.eye(s.shape[1], dtype=int)[y]
+    expected = [skm.average_precision_score(t, col) for t, col in zip(targets.T, s.T)]
+    assert per_class["ap"] == pytest.approx(expected)
+    assert overall["ap"] == pytest.approx(expected[1] if task == "binary" else np.mean(expected))
+    pred = (s > 0.5).astype(int) if task == "multilabel" else s.argmax(1)
+    assert per_class["precision"] == pytest.approx(skm.precision_score(y, pred, average=None, zero_division=0))
+    assert overall["precision"] == pytest.approx(skm.precision_score(y, pred, average="macro", zero_division=0))
+
+
+def test_ap_of_an_absent_class_and_precision_of_a_never_predicted_one_are_nan():
+    y = np.array([0, 0, 1, 1])
+    s = np.array([[0.8, 0.1, 0.1], [0.6, 0.3, 0.1], [0.3, 0.6, 0.1], [0.4, 0.5, 0.1]])  # class 2: absent, unpredicted
+    overall, per_class = compute_metrics("multiclass", y, s)
+    assert math.isnan(per_class["ap"][2]) and math.isnan(per_class["precision"][2])
+    assert overall["ap"] == pytest.approx(1.0) and overall["precision"] == pytest.approx(1.0)

@@ -11,7 +11,7 @@ from medtransfer.errors import MedtransferError
 from medtransfer.report import analyse, build_report, report_folder
 
 FILES = ("report.html", "summary.csv", "summary.md", "summary.tex", "comparisons.csv", "comparisons.md",
-         "comparisons.tex", "missing_runs.csv", "label-efficiency.png", "depth-heatmap.png", "per-class.png",
+         "comparisons.tex", "missing_runs.csv", "per_class.csv", "per_class.md", "label-efficiency.png", "depth-heatmap.png", "per-class.png",
          "training-curves.png")
 
 

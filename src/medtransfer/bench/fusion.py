@@ -52,6 +52,10 @@ def check_fusions(cfg: ExperimentConfig, prepared) -> None:
         if policies:  # a fusion trains through its own loop, which applies no training policy
             raise ConfigError(f"{where}: fusions train without training policies; policies {policies} would label "
                               "runs they never acted on (run the fusion in an experiment with policies: [none])")
+        ratios = [r for r in cfg.imbalance.ratios if r is not None]
+        if ratios:  # a fusion trains on the label-fraction subset through its own loop, which draws no ratio
+            raise ConfigError(f"{where}: fusions train at the natural class ratio only; imbalance.ratios {ratios} "
+                              "would label runs they never acted on (run the fusion with imbalance: [null])")
         if cfg.hardware.executor != "sequential":
             raise ConfigError(f"{where}: fusions run with hardware.executor: sequential only, not "
                               f"{cfg.hardware.executor!r}")

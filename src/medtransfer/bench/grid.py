@@ -1,9 +1,9 @@
 """Expanding an experiment into runs, each identified by the hash of its fully resolved config.
 
 The hash covers everything that changes a result (data and its options, backbone, the init's *content* hash and
-input normalisation, strategy, label fraction, seed, schedule, the training policy when one is set) and nothing
-that does not (hardware, output folder), so re-running an experiment on another machine skips what is finished and
-a changed checkpoint file is never mistaken for the old.
+input normalisation, strategy, label fraction, seed, schedule; the training policy and the imbalance ratio only when
+set) and nothing that does not (hardware, output folder), so re-running an experiment on another machine skips what
+is finished and a changed checkpoint file is never mistaken for the old.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from medtransfer.bench.store import config_hash
 from medtransfer.config import DatasetConfig, ExperimentConfig, InitConfig
 from medtransfer.data import identity_options
+from medtransfer.imbalance import Imbalance, with_ratio
 from medtransfer.data.normalisation import DEFAULT, Normalisation
 from medtransfer.finetune.batches import drops_with_full_batches
 from medtransfer.finetune.policies import NO_POLICY, TrainingPolicy
@@ -29,10 +30,12 @@ class RunSpec:
     fraction: float
     seed: int
     policy: TrainingPolicy = NO_POLICY
+    imbalance: Imbalance | None = None  # None: the natural ratio
 
     def labels(self) -> dict:
-        return {"dataset": self.dataset_label, "init": self.init.name, "strategy": self.strategy.label(),
-                "fraction": self.fraction, "seed": self.seed, "policy": self.policy.label()}
+        return {"dataset": with_ratio(self.dataset_label, self.imbalance),  # a ratio is part of the training data
+                "init": self.init.name, "strategy": self.strategy.label(), "fraction": self.fraction, "seed": self.seed,
+                "policy": self.policy.label()}
 
     def resolved(self, cfg: ExperimentConfig, init_sha256: str | None, segmentation: bool = False,
                  normalisation: Normalisation = DEFAULT, n_train: int | None = None) -> dict:
@@ -50,9 +53,11 @@ class RunSpec:
         return {"dataset": dataset, "backbone": cfg.backbone.model_dump(mode="json"), "init": init,
                 "strategy": self.strategy.model_dump(mode="json"), "fraction": self.fraction, "seed": self.seed,
                 "train": _train_identity(cfg, segmentation, self.strategy.name != "knn" and n_train is not None
+                                         and self.imbalance is None  # new runs: nothing stored to keep apart
                                          and drops_with_full_batches(max(n_train, cfg.train.min_samples_per_epoch),
                                                                      cfg.train.batch_size)),
-                **({} if self.policy.is_none else {"policy": self.policy.identity()})}
+                **({} if self.policy.is_none else {"policy": self.policy.identity()}),
+                **({"imbalance": self.imbalance.to_dict()} if self.imbalance else {})}  # set only: old ids stay
 
     def run_id(self, cfg: ExperimentConfig, init_sha256: str | None, segmentation: bool = False,
                normalisation: Normalisation = DEFAULT, n_train: int | None = None) -> str:
@@ -105,9 +110,10 @@ def dataset_labels(datasets: list[DatasetConfig]) -> list[str]:
 
 
 def expand(cfg: ExperimentConfig) -> list[RunSpec]:
-    """inits x datasets x strategies x policies x label fractions x seeds, in an order that finishes whole seeds
-    early."""
+    """inits x datasets x strategies x policies x label fractions x imbalance ratios x seeds, in an order that
+    finishes whole seeds early."""
     labels = dataset_labels(cfg.datasets)
-    return [RunSpec(dataset, label, init, strategy, fraction, seed, policy)
-            for seed, (dataset, label), init, fraction, strategy, policy in itertools.product(
-                cfg.seeds, zip(cfg.datasets, labels), cfg.inits, cfg.label_fractions, cfg.strategies, cfg.policies)]
+    return [RunSpec(dataset, label, init, strategy, fraction, seed, policy, imbalance)
+            for seed, (dataset, label), imbalance, init, fraction, strategy, policy in itertools.product(
+                cfg.seeds, zip(cfg.datasets, labels), cfg.imbalance.settings(), cfg.inits, cfg.label_fractions,
+                cfg.strategies, cfg.policies)]

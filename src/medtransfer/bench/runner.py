@@ -31,11 +31,13 @@ from medtransfer.bench.store import ClaimLost, ResultStore
 from medtransfer.bench.store_faults import stop_if_disk_full
 from medtransfer.config import DatasetConfig, ExperimentConfig, InitConfig, PretrainConfig, load_config
 from medtransfer.data import ImageDataset, label_fraction_indices, load_dataset
-from medtransfer.data.fractions import describe_subset
+from medtransfer.data.imbalance import class_counts, plan_imbalance
 from medtransfer.data.normalisation import DEFAULT, Normalisation
 from medtransfer.errors import ConfigError
+from medtransfer.evaluate.rare import rare_class_metrics
 from medtransfer.finetune.frozen import check_hardware
 from medtransfer.finetune.policies.checks import check_policies
+from medtransfer.finetune.strategies.knn import KNN
 from medtransfer.finetune.segmentation import build_segmentation, segmentation_input_size
 from medtransfer.finetune.train import fine_tune, resolve_monitor
 from medtransfer.interrupts import Interrupted
@@ -44,6 +46,7 @@ from medtransfer.models.factory import create_backbone
 from medtransfer.models.zoo import init_normalisation, load_init, resolve_weights
 from medtransfer.pretrain.run import PretrainPlan, default_output
 
+CLASS_COUNTING = ("class_weights", "balanced_sampler")  # policies that read the subset's class counts
 WAIT_POLL_S = 2.0  # how often runs held by other processes are checked at the end of a pass
 log = logging.getLogger(__name__)
 
@@ -123,6 +126,15 @@ def prepare(cfg: ExperimentConfig) -> Prepared:
             for seed in cfg.seeds:
                 prepared.subsets[label, fraction, seed] = label_fraction_indices(
                     data.train.labels, data.task, fraction, seed)
+                for setting in cfg.imbalance.settings():  # an unreachable ratio fails here, naming the largest
+                    _imbalance_plan(cfg, label, data, prepared.subsets[label, fraction, seed], fraction, seed, setting)
+        if cfg.imbalance.mode == "resample" and any(isinstance(s, KNN) for s in cfg.strategies):
+            raise ConfigError("imbalance.mode: 'resample' draws examples per epoch, and strategy knn has no epochs; "
+                              "allowed with knn: subsample")
+        counting = sorted({p.name for policy in cfg.policies for p in policy.parts if p.name in CLASS_COUNTING})
+        if cfg.imbalance.mode == "resample" and any(cfg.imbalance.ratios) and counting:
+            raise ConfigError(f"imbalance.mode: 'resample' draws each epoch's classes itself; policies {counting} "
+                              "would weigh or sample the whole labelled subset instead; allowed with them: subsample")
     for init in inits_to_resolve(cfg):  # fusions are checked below, once their members are resolved
         if init.checkpoint is not None or init.zoo is not None or init.timm is not None:
             path, source = resolve_weights(init.zoo, init.timm, init.checkpoint, key=f"inits ({init.name})")
@@ -179,6 +191,12 @@ def run_pretrainings(cfg: ExperimentConfig, prepared: Prepared, folder: Path, ve
     identify_fusions(cfg, prepared)
 
 
+def _imbalance_plan(cfg: ExperimentConfig, label: str, data: ImageDataset, subset: np.ndarray, fraction: float,
+                    seed: int, setting):
+    return plan_imbalance(data.train.labels, data.task, subset, seed, setting, cfg.imbalance.rare_class,
+                          list(data.class_names), f"{label} at label fraction {fraction:g}, seed {seed}")
+
+
 def run_one(cfg: ExperimentConfig, spec: RunSpec, prepared: Prepared, workdir: Path, verbose: bool):
     if spec.init.fuse:
         return run_fusion(cfg, spec, prepared, workdir, verbose)
@@ -192,20 +210,27 @@ def run_one(cfg: ExperimentConfig, spec: RunSpec, prepared: Prepared, workdir: P
         load_init(backbone, init_file, normalisation=prepared.init_normalisation[spec.init.name])
     view = cfg.backbone.view or backbone.default_view
     indices = prepared.subsets[spec.dataset_label, spec.fraction, spec.seed]
+    plan = _imbalance_plan(cfg, spec.dataset_label, data, indices, spec.fraction, spec.seed, spec.imbalance)
+    indices = indices if plan is None else plan.indices
     with torch_threads(cfg.hardware.cpus_per_run):
         result = fine_tune(data, indices, backbone, spec.strategy, view, cfg.train, cfg.hardware, spec.seed, workdir,
                            input_size=input_size, verbose=verbose, normalisation=run_normalisation(prepared, spec),
-                           policy=spec.policy, resize_mode=spec.dataset.resize_mode)
+                           policy=spec.policy, resize_mode=spec.dataset.resize_mode,
+                           **({"epoch_draw": plan.draw} if plan and plan.draw else {}))
+    result.imbalance = plan and plan.record
+    if plan is not None:
+        result.metrics.update(rare_class_metrics(result.per_class, plan.record))
     return result, indices
 
 
 def run_extra(result, indices: np.ndarray, data: ImageDataset, init_file: Path | None) -> dict:
     """What a run stores beside its metrics: schedule outcome, subset, parameter counts, init file."""
     return {"best_epoch": result.best_epoch, "epochs_run": result.epochs_run, "n_train": int(len(indices)),
-            "class_counts": describe_subset(data.train.labels, data.task, indices),
+            "class_counts": class_counts(result.imbalance, data.train.labels, data.task, indices),
             "class_names": list(data.class_names),
             "trainable_params": result.trainable_params, "total_params": result.total_params,
-            "init_file": str(init_file or ""), "warnings": result.warnings}
+            "init_file": str(init_file or ""), "warnings": result.warnings,
+            **({"imbalance": result.imbalance} if result.imbalance else {})}
 
 
 def run_experiment(cfg: ExperimentConfig, folder: str | Path | None = None, verbose: bool = False,

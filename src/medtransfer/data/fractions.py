@@ -28,13 +28,20 @@ def label_fraction_indices(labels: np.ndarray, task: str, fraction: float, seed:
     labels = _checked(labels, task)
     if task == "multilabel":
         return _multilabel(labels, fraction, rng)
-    kept = []
-    for c in range(labels.max() + 1):
-        members = np.flatnonzero(labels == c)
-        # The permutation depends only on the seed and the labels, never on the fraction: each class keeps a
-        # prefix of its own order, and a larger fraction keeps a longer prefix, hence the nesting.
-        kept.append(rng.permutation(members)[: _count(fraction, len(members))])
+    kept = [order[: _count(fraction, len(order))] for order in _class_orders(labels, rng)]
     return np.sort(np.concatenate(kept)).astype(np.int64)
+
+
+def class_orders(labels: np.ndarray, task: str, seed: int) -> list[np.ndarray]:
+    """Per class of a single-label task, its training indices in the seeded order label fractions keep prefixes of;
+    ``data.imbalance`` keeps shorter prefixes of the same orders, so its subsets nest inside the fractions'."""
+    return _class_orders(_checked(labels, task), np.random.default_rng(seed))
+
+
+def _class_orders(labels: np.ndarray, rng: np.random.Generator) -> list[np.ndarray]:
+    # The permutation depends only on the seed and the labels, never on the fraction: each class keeps a prefix of
+    # its own order, and a larger fraction keeps a longer prefix, hence the nesting.
+    return [rng.permutation(np.flatnonzero(labels == c)) for c in range(labels.max() + 1)]
 
 
 def describe_subset(labels: np.ndarray, task: str, idx: np.ndarray) -> dict:

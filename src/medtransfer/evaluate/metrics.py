@@ -15,7 +15,7 @@ import math
 from typing import Callable, Sequence
 
 import numpy as np
-from sklearn.metrics import roc_auc_score
+from sklearn.metrics import average_precision_score, roc_auc_score
 
 from medtransfer.errors import ConfigError, allowed
 
@@ -137,6 +137,24 @@ def f1(task: str, y_true: np.ndarray, scores: np.ndarray) -> tuple[float, list[f
     return _nanmean(per), per.tolist()
 
 
+def ap(task: str, y_true: np.ndarray, scores: np.ndarray) -> tuple[float, list[float]]:
+    """Average precision (area under the precision-recall curve, scikit-learn's step-wise definition) per class
+    (label), one-vs-rest; overall is their mean (binary: column 1's). Unlike ROC AUC it falls with the prevalence
+    of the class, which makes it the rare class's score; a class absent from ``y_true`` gets NaN."""
+    y, s = _check(task, y_true, scores)
+    targets = _indicator(task, y, s.shape[1])
+    per = [float(average_precision_score(t, col)) if t.any() else math.nan for t, col in zip(targets.T, s.T)]
+    return (per[1] if task == "binary" else _nanmean(per)), per
+
+
+def precision(task: str, y_true: np.ndarray, scores: np.ndarray) -> tuple[float, list[float]]:
+    """Macro precision of the hard predictions; a class never predicted has no precision (NaN, left out)."""
+    y, s = _check(task, y_true, scores)
+    tp, fp, _, _ = _counts(task, y, s)
+    per = _ratio(tp, tp + fp)
+    return _nanmean(per), per.tolist()
+
+
 def kappa(task: str, y_true: np.ndarray, scores: np.ndarray) -> tuple[float, None]:
     """Quadratic-weighted Cohen kappa of the argmax grade: confusing grade 0 with 4 costs 16x 0 with 1.
 
@@ -166,11 +184,13 @@ METRICS: dict[str, MetricFn] = {
     "acc": acc,  # MedMNIST ACC: argmax accuracy (multilabel: mean per-label accuracy at 0.5)
     "bacc": bacc,  # balanced accuracy (multilabel: mean per-label balanced accuracy)
     "f1": f1,  # macro F1 (multilabel: macro over labels at 0.5)
+    "ap": ap,  # AUPRC: mean per-class average precision (binary: column 1)
+    "precision": precision,  # macro precision of the hard predictions
     "kappa": kappa,  # ordinal only: quadratic-weighted Cohen kappa
     "mae": mae,  # ordinal only: mean absolute grade error
 }
 ORDINAL_ONLY = frozenset({"kappa", "mae"})
-PER_CLASS_KEY = {"auc": "auc", "f1": "f1", "bacc": "recall"}  # bacc's per-class terms are recalls
+PER_CLASS_KEY = {"auc": "auc", "f1": "f1", "bacc": "recall", "ap": "ap", "precision": "precision"}  # bacc's: recalls
 
 
 def compute_metrics(
@@ -180,7 +200,7 @@ def compute_metrics(
 
     Ordinal-only metrics (kappa, mae) are skipped for other tasks rather than raising, so one
     metric list can serve a benchmark that mixes ordinal and non-ordinal datasets. ``per_class``
-    holds "auc", "f1" and "recall" (sensitivity, from "bacc") for whichever of those was computed.
+    holds "auc", "f1", "ap", "precision" and "recall" (sensitivity, from "bacc") for whichever was computed.
     """
     names = list(METRICS) if names is None else list(names)
     unknown = [n for n in names if n not in METRICS]

@@ -126,7 +126,7 @@ class _AfterPrefix(nn.Module):
 
 def fine_tune_on_features(data: ImageDataset, train_indices: np.ndarray, module: FineTuner, spec: FeatureSpec,
                           strategy: Strategy, train: TrainConfig, hardware: HardwareConfig, seed: int, workdir: Path,
-                          view: str, verbose: bool):
+                          view: str, verbose: bool, epoch_draw=None):
     """``fine_tune`` on cached inputs: ``module`` is the one the per-epoch path would train (its head already
     initialised by the seeded RNG), so both paths start from the same weights and draw the same random numbers."""
     from medtransfer.finetune.train import fit_and_test, resolve_monitor, trainer_kwargs, training_targets
@@ -147,7 +147,7 @@ def fine_tune_on_features(data: ImageDataset, train_indices: np.ndarray, module:
     head = FineTuner(trained, data.task, strategy, view, train, _Passthrough(), module.channels_last, module.policy,
                      module.criterion)
     result = fit_and_test(head, model, data, train_set, val_set, test_set, max(train.batch_size, 256), strategy,
-                          train, hardware, seed, resolve_monitor(train, data.task), Path(workdir), verbose)
+                          train, hardware, seed, resolve_monitor(train, data.task), Path(workdir), verbose, epoch_draw)
     result.timings["features_s"] = extracted
     return result
 

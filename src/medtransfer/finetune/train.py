@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, RandomSampler, TensorDataset
 
 from medtransfer.config import HardwareConfig, TrainConfig
 from medtransfer.data.base import ImageDataset, Split
+from medtransfer.data.imbalance import EpochDraw, EpochSampler
 from medtransfer.data.normalisation import DEFAULT, Normalisation
 from medtransfer.data.transforms import Preprocess
 from medtransfer.errors import ConfigError, allowed
@@ -49,6 +50,7 @@ class FineTuneResult:
     trainable_params: int = 0
     total_params: int = 0
     warnings: list[str] = field(default_factory=list)  # see finetune.diagnostics: numbers not to trust blindly
+    imbalance: dict | None = None  # data.imbalance: the training subset's natural and achieved class ratio
 
 
 def tensor_dataset(split: Split, indices: np.ndarray | None = None, training: bool = False) -> TensorDataset:
@@ -106,7 +108,8 @@ def fine_tune(data: ImageDataset, train_indices: np.ndarray, backbone: Backbone,
               train: TrainConfig, hardware: HardwareConfig, seed: int, workdir: Path,
               input_size: tuple[int, ...] | None = None, verbose: bool = False,
               normalisation: Normalisation = DEFAULT, frozen_features: bool = True,
-              policy: TrainingPolicy = NO_POLICY, resize_mode: str = "linear") -> FineTuneResult:
+              policy: TrainingPolicy = NO_POLICY, resize_mode: str = "linear",
+              epoch_draw: EpochDraw | None = None) -> FineTuneResult:
     """Fine-tune ``backbone`` (already initialised) on ``train_indices`` of ``data.train``; returns test metrics.
 
     ``normalisation`` is the init's, for the data's channels (``Normalisation.for_channels``); 0.5 / 0.5 by default.
@@ -117,6 +120,7 @@ def fine_tune(data: ImageDataset, train_indices: np.ndarray, backbone: Backbone,
     a depth range) is run once over the images and the rest trains on its cached output (``frozen.py``);
     ``frozen_features=False`` runs frozen parts every epoch as before, for comparisons (``knn`` has no other path).
     ``policy`` is the run's training policy (``policies/``): augmentation level, batch mixing, loss and sampler.
+    ``epoch_draw`` (imbalance mode ``resample``) draws each epoch's examples from positions in ``train_indices``.
     """
     L.seed_everything(seed, workers=True, verbose=False)
     workdir = Path(workdir)
@@ -139,29 +143,32 @@ def fine_tune(data: ImageDataset, train_indices: np.ndarray, backbone: Backbone,
                                  frozen_features)
         if spec is not None:
             return fine_tune_on_features(data, train_indices, module, spec, strategy, train, hardware, seed, workdir,
-                                         view, verbose)
+                                         view, verbose, epoch_draw)
     make_dataset = segmentation_dataset if segmentation else tensor_dataset
     train_set = make_dataset(data.train, train_indices) if segmentation else \
         tensor_dataset(data.train, train_indices, training=True)
     eval_batch = train.batch_size if segmentation else max(train.batch_size, 256)  # whole images are big
     return fit_and_test(module, model, data, train_set, make_dataset(data.val), make_dataset(data.test), eval_batch,
-                        strategy, train, hardware, seed, monitor, workdir, verbose)
+                        strategy, train, hardware, seed, monitor, workdir, verbose, epoch_draw)
 
 
 def fit_and_test(module: FineTuner, model: torch.nn.Module, data: ImageDataset, train_set, val_set, test_set,
                  eval_batch: int, strategy: Strategy, train: TrainConfig, hardware: HardwareConfig, seed: int,
-                 monitor: str, workdir: Path, verbose: bool) -> FineTuneResult:
+                 monitor: str, workdir: Path, verbose: bool, epoch_draw: EpochDraw | None = None) -> FineTuneResult:
     """The loop every trained strategy shares: seeded sampling, selection on val, one test on the best checkpoint.
 
     ``model`` is the whole network, for the parameter counts; ``module`` is what Lightning trains (the whole
     network, or only what follows a cached frozen part); the ``*_set`` datasets hold ``data``'s images or their
-    cached features.
+    cached features; ``epoch_draw`` replaces uniform sampling by a fresh class-capped draw every epoch.
     """
-    per_epoch = max(len(train_set), train.min_samples_per_epoch)
-    generator = torch.Generator().manual_seed(seed)
-    sampler = module.policy.sampler(train_set.tensors[2].numpy(), per_epoch, generator)  # e.g. class-balanced
-    if sampler is None:
-        sampler = RandomSampler(train_set, num_samples=per_epoch, generator=generator)
+    if epoch_draw is not None:
+        sampler = EpochSampler(epoch_draw, train.min_samples_per_epoch)
+    else:
+        per_epoch = max(len(train_set), train.min_samples_per_epoch)
+        generator = torch.Generator().manual_seed(seed)
+        sampler = module.policy.sampler(train_set.tensors[2].numpy(), per_epoch, generator)  # e.g. class-balanced
+        if sampler is None:
+            sampler = RandomSampler(train_set, num_samples=per_epoch, generator=generator)
     train_loader = DataLoader(train_set, batch_sampler=EveryBatch(sampler, train.batch_size, drop_last=False))
 
     mode = "min" if monitor in LOWER_IS_BETTER else "max"

@@ -15,7 +15,7 @@ from medtransfer import __version__
 from medtransfer.errors import ConfigError, MedtransferError, allowed
 from medtransfer.evaluate.statistics import MARKERS, NOT_SIGNIFICANT
 from medtransfer.report import comparisons as cmp
-from medtransfer.report import plots, stacking, tables
+from medtransfer.report import imbalance, plots, stacking, tables
 from medtransfer.report.fusion import fusion_table
 from medtransfer.report.coverage import RUN_KEYS, finished_runs, metric_names, missing_runs
 from medtransfer.report.integrity import check_one_experiment, grid_axes, select_config, warning_table, with_axes
@@ -37,6 +37,7 @@ class Analysis:
     warnings: pd.DataFrame = field(default_factory=pd.DataFrame)  # one row per (run, stored warning)
     fusions: pd.DataFrame = field(default_factory=pd.DataFrame)  # each fusion against its members (report.fusion)
     figures: list[tuple[str, str, Figure]] = field(default_factory=list)
+    class_gains: pd.DataFrame = field(default_factory=pd.DataFrame)  # report.imbalance: per class, vs the baseline
     notes: list[str] = field(default_factory=list)
     stacking: pd.DataFrame | None = None  # per training policy, each init against the baseline init
 
@@ -113,6 +114,10 @@ def _figures(a: Analysis, runs_folder) -> None:
                           plots.per_class_bars(per_class, key, a.strategy)))
     else:
         a.notes.append("No per-class values of a task with more than two classes or labels: no per-class bars.")
+    a.class_gains = imbalance.class_gains(a.rows, a.baseline.init)  # every policy, each its own rows
+    _, figures, notes = imbalance.report_parts(rows, a.metric, a.baseline.init)
+    a.figures += figures
+    a.notes += notes
     log = plots.training_log(rows, runs_folder, a.strategy) if runs_folder else pd.DataFrame()
     if len(log):
         a.figures.append(("training-curves", f"training loss and validation {a.metric} per epoch under {a.strategy}, "
@@ -204,6 +209,9 @@ def build_report(rows: pd.DataFrame, output_dir: str | Path, metric: str | None 
     (out / "comparisons.md").write_text(cmp.to_markdown(a.comparisons), encoding="utf-8")
     (out / "comparisons.tex").write_text(cmp.to_latex(a.comparisons), encoding="utf-8")
     a.missing.to_csv(out / "missing_runs.csv", index=False)
+    a.class_gains.to_csv(out / "per_class.csv", index=False)
+    per_class = imbalance.per_class_display(a.class_gains)
+    (out / "per_class.md").write_text(per_class.to_markdown(index=False, disable_numparse=True), encoding="utf-8")
     if len(a.fusions):
         a.fusions.to_csv(out / "fusions.csv", index=False)
         (out / "fusions.md").write_text(cmp.to_markdown(a.fusions), encoding="utf-8")
@@ -225,6 +233,10 @@ def build_report(rows: pd.DataFrame, output_dir: str | Path, metric: str | None 
         ("summary", "Summary: mean ± std and 95 % CI over seeds", summaries),
         ("figures", "Figures", "\n".join(figures)),
         ("comparisons", f"Comparisons against {a.baseline} ({a.metric})", _comparisons_html(a)),
+        *([("per-class", f"Per class: gains over {a.baseline.init} (rare classes marked)",
+            f"<p>Per-class {esc(imbalance.gain_key(a.rows) or '')}, mean over seeds; gain = init − "
+            f"{esc(a.baseline.init)} averaged over the seeds both ran; prevalence = the class's share of the training "
+            f"examples per epoch.</p>{frame_html(per_class, 'per-class')}")] if len(per_class) else []),
         *([("fusions", f"Fusions against their members ({a.metric})", _fusions_html(a))] if len(a.fusions) else []),
         *([("stacking", f"Stacking: init gain per training policy ({a.metric})", _stacking_html(a))]
           if a.stacking is not None else []),
