@@ -22,7 +22,8 @@ import time
 from pathlib import Path
 
 from medtransfer.bench.runner import run_experiment
-from medtransfer.config import ExperimentConfig, validate_config
+from medtransfer.config import ExperimentConfig
+from medtransfer.config_files import validate_config
 
 for key, value in {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}.items():
     os.environ.setdefault(key, value)

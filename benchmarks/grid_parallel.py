@@ -33,7 +33,8 @@ import yaml
 from medtransfer.bench.ray_connect import ray_session
 from medtransfer.bench.runner import run_experiment
 from medtransfer.bench.store import ResultStore
-from medtransfer.config import ExperimentConfig, HardwareConfig, validate_config
+from medtransfer.config import ExperimentConfig, HardwareConfig
+from medtransfer.config_files import validate_config
 
 LOOPBACK_RAY = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
 for key, value in LOOPBACK_RAY.items():  # a throw-away local instance on this machine only

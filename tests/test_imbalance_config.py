@@ -2,7 +2,8 @@
 
 import pytest
 
-from medtransfer.config import ExperimentConfig, validate_config
+from medtransfer.config import ExperimentConfig
+from medtransfer.config_files import validate_config
 from medtransfer.errors import ConfigError
 from medtransfer.imbalance import Imbalance, split_ratio, with_ratio
 

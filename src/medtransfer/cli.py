@@ -26,7 +26,8 @@ def _run(args) -> int:
 def _run_grid(args, ray_connection) -> int:
     from medtransfer.bench.runner import run_experiment
     from medtransfer.bench.store import ResultStore
-    from medtransfer.config import ExperimentConfig, HardwareConfig, load_config, validate_config
+    from medtransfer.config import ExperimentConfig, HardwareConfig
+    from medtransfer.config_files import load_config, validate_config
     from medtransfer.report.coverage import finished_runs
     from medtransfer.report.integrity import format_warnings
     from medtransfer.report.tables import format_table, summary_table
@@ -69,7 +70,8 @@ def _say_missing_folders(store) -> None:
 
 def _pretrain(args) -> int:
     from medtransfer.bench.runner import quiet_lightning
-    from medtransfer.config import PretrainConfig, load_config
+    from medtransfer.config import PretrainConfig
+    from medtransfer.config_files import load_config
     from medtransfer.pretrain.run import pretrain
 
     cfg = load_config(args.config, PretrainConfig)

@@ -1,4 +1,4 @@
-"""Experiment and pre-training files: YAML validated into typed models before anything runs.
+"""Experiment and pre-training files as typed models, validated before anything runs (read by ``config_files``).
 
 Every error names the key, the bad value and what is allowed. Relative paths are relative to the YAML file, so an
 experiment folder can be moved or shared as a whole.
@@ -9,15 +9,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
-import yaml
-from pydantic import (AfterValidator, BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError,
-                      ValidationInfo, field_validator, model_validator)
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationInfo,
+                      field_validator, model_validator)
 from typing_extensions import Annotated
 
+from medtransfer.errors import allowed
 from medtransfer.imbalance import ImbalanceConfig
-from medtransfer.errors import ConfigError, allowed
 from medtransfer.seeds import Seed
-from medtransfer.yaml_loader import safe_load_unique
 
 
 def _relative_to_file(value: Optional[Path], info: ValidationInfo) -> Optional[Path]:
@@ -263,7 +261,6 @@ def _pretrain_source(value: Any) -> str:
     return "inline" if isinstance(value, (dict, BaseModel)) else "file"
 
 
-_PRETRAIN_TAGS = ("file", "inline")
 PretrainSource = Annotated[Union[Annotated[FilePath, Tag("file")], Annotated[PretrainConfig, Tag("inline")]],
                            Discriminator(_pretrain_source)]
 
@@ -415,71 +412,3 @@ class ExperimentConfig(Strict):
         if len(set(names)) != len(names):
             raise ValueError(f"inits need distinct labels, got {names}; add 'label:' to tell them apart")
         return inits
-
-
-def _models_in(annotation: Any) -> list[type[BaseModel]]:
-    """The models inside a field's annotation, however deeply nested (Optional, list, Union, Annotated)."""
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return [annotation]
-    return [m for arg in getattr(annotation, "__args__", ()) for m in _models_in(arg)]
-
-
-def _allowed_keys(model: type[BaseModel], loc: tuple) -> list[str]:
-    """Walk ``loc`` through nested models to list the keys allowed where an unknown key was found."""
-    for part in loc[:-1]:
-        field = model.model_fields.get(part) if isinstance(part, str) else None
-        if field is None:
-            continue
-        nested = _models_in(field.annotation)
-        if nested:
-            model = nested[0]
-    return list(model.model_fields)
-
-
-def _user_loc(loc: tuple) -> tuple:
-    """``loc`` without the union tags pydantic inserts after ``pretrain``/``init``, so keys read as in the file."""
-    tags = {"pretrain": _PRETRAIN_TAGS, "init": ("file", "source")}
-    return tuple(p for i, p in enumerate(loc) if not (i and p in tags.get(loc[i - 1], ())))
-
-
-def format_validation_error(err: ValidationError, model: type[BaseModel], source: str) -> ConfigError:
-    lines = []
-    for e in err.errors():
-        loc = _user_loc(tuple(e["loc"]))
-        key = ".".join(str(p) for p in loc) or "(top level)"
-        if not loc and e["type"] == "value_error":  # a check across keys: its message names them; the input is all
-            lines.append(e["msg"].removeprefix("Value error, "))
-        elif e["type"] == "extra_forbidden":
-            lines.append(f"{key}: unknown key; allowed here: {allowed(_allowed_keys(model, loc))}")
-        elif e["type"] == "missing":
-            lines.append(f"{key}: required key is missing")
-        else:
-            msg = e["msg"].removeprefix("Value error, ")
-            lines.append(f"{key}: {e.get('input')!r} rejected: {msg}")
-    return ConfigError(f"{source}: " + "; ".join(lines))
-
-
-def load_config(path: str | Path, model: type[BaseModel]):
-    """Read and validate a YAML file into ``model``; every failure is one ConfigError naming file and key."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: no such file")
-    try:
-        data = safe_load_unique(path.read_text())
-    except yaml.YAMLError as err:  # PyYAML's text spans several lines and calls the file "<unicode string>"
-        mark = getattr(err, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        problem = " ".join(filter(None, (getattr(err, "context", None), getattr(err, "problem", None))))
-        raise ConfigError(f"{path}: malformed YAML{where}: {problem or ' '.join(str(err).split())}") from err
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping of keys at the top level, got {type(data).__name__}")
-    return validate_config(data, model, source=str(path), base=path.parent.resolve())
-
-
-def validate_config(data: dict, model: type[BaseModel], source: str = "config", base: Path | None = None):
-    try:
-        return model.model_validate(data, context={"base": base})
-    except ValidationError as err:
-        raise format_validation_error(err, model, source) from None
-    except ConfigError as err:  # raised by registries inside validators
-        raise ConfigError(f"{source}: {err}") from None

@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from medtransfer.config import (DatasetConfig, ExperimentConfig, PretrainConfig, TrainConfig, load_config,
-                                validate_config)
+from medtransfer.config import DatasetConfig, ExperimentConfig, PretrainConfig, TrainConfig
+from medtransfer.config_files import load_config, validate_config
 from medtransfer.errors import ConfigError
 from medtransfer.finetune.strategies import DepthRangeStrategy, EndToEnd, Linear, Truncate
 

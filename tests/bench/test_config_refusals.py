@@ -6,7 +6,8 @@ import pytest
 import yaml
 
 from medtransfer.cli import main
-from medtransfer.config import ExperimentConfig, PretrainConfig, load_config, validate_config
+from medtransfer.config import ExperimentConfig, PretrainConfig
+from medtransfer.config_files import load_config, validate_config
 from medtransfer.data import load_dataset
 from medtransfer.errors import ConfigError, DataError
 from medtransfer.pretrain.run import check_options

@@ -9,7 +9,8 @@ from medtransfer.bench.grid import expand
 from medtransfer.bench.runner import prepare, run_experiment, run_identity
 from medtransfer.bench.store import ResultStore
 from medtransfer.cli import main
-from medtransfer.config import ExperimentConfig, validate_config
+from medtransfer.config import ExperimentConfig
+from medtransfer.config_files import validate_config
 from medtransfer.data.normalisation import IMAGENET
 from medtransfer.errors import ConfigError
 from medtransfer.models.checkpoint import save_backbone

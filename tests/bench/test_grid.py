@@ -7,7 +7,8 @@ import pytest
 
 from medtransfer.bench.grid import dataset_labels, expand
 from medtransfer.bench.store import ResultStore, config_hash
-from medtransfer.config import ExperimentConfig, load_config, validate_config
+from medtransfer.config import ExperimentConfig
+from medtransfer.config_files import load_config, validate_config
 from medtransfer.data.normalisation import DEFAULT, IMAGENET, Normalisation
 from medtransfer.pretrain.run import resolved_pretrain_config
 

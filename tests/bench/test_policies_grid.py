@@ -12,7 +12,8 @@ from medtransfer.bench.grid import expand
 from medtransfer.bench.runner import prepare
 from medtransfer.bench.store import ResultStore
 from medtransfer.cli import main
-from medtransfer.config import ExperimentConfig, HardwareConfig, TrainConfig, validate_config
+from medtransfer.config import ExperimentConfig, HardwareConfig, TrainConfig
+from medtransfer.config_files import validate_config
 from medtransfer.data.synthetic import synthetic2d
 from medtransfer.errors import ConfigError
 from medtransfer.finetune.policies import parse_policy

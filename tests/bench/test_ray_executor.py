@@ -20,7 +20,8 @@ import medtransfer
 from medtransfer.bench.ray_connect import ray_session
 from medtransfer.bench.runner import run_experiment
 from medtransfer.bench.store import ResultStore
-from medtransfer.config import ExperimentConfig, HardwareConfig, validate_config
+from medtransfer.config import ExperimentConfig, HardwareConfig
+from medtransfer.config_files import validate_config
 from medtransfer.models.checkpoint import sha256_file
 
 pytest.importorskip("ray")
@@ -156,6 +157,23 @@ def test_a_gpu_run_gets_a_fresh_worker_and_a_cpu_run_reuses_one(monkeypatch):
     finally:
         ray.shutdown()
     assert len(set(pids[0])) == 1 and len(set(pids[0.5])) == 3
+
+
+def test_runs_are_queued_seed_by_seed_and_longest_first_within_a_seed(tmp_path):
+    """A grid should end on short runs: within a seed, runs training the backbone on the most images go first."""
+    from types import SimpleNamespace
+
+    from medtransfer.bench.ray_executor import RayGrid
+    from medtransfer.bench.runner import prepare
+    cfg = validate_config({**GRID, "seeds": [0, 1], "hardware": {"executor": "ray", "workers": 2,
+                                                                 "cpus_per_run": 1}}, ExperimentConfig)
+    fake_ray = SimpleNamespace(remote=lambda **options: lambda function: function)
+    grid = RayGrid(fake_ray, cfg, prepare(cfg), ResultStore(tmp_path), verbose=False, fail_fast=False, lease_s=60)
+    grid.bar = SimpleNamespace(update=lambda *args: None)
+    grid._enqueue()
+    order = [(spec.seed, spec.strategy.label(), spec.fraction) for spec, _ in grid.queue]
+    assert order == [(seed, strategy, fraction) for seed in (0, 1) for strategy in ("end_to_end", "linear")
+                     for fraction in (1.0, 0.5, 0.25)]
 
 
 @pytest.mark.slow

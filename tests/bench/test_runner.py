@@ -15,7 +15,8 @@ import medtransfer.pretrain.run as pretrain_run
 from medtransfer.bench.grid import expand
 from medtransfer.bench.runner import run_experiment
 from medtransfer.bench.store import ResultStore
-from medtransfer.config import ExperimentConfig, validate_config
+from medtransfer.config import ExperimentConfig
+from medtransfer.config_files import validate_config
 from medtransfer.data import label_fraction_indices, load_dataset
 from medtransfer.data.normalisation import DEFAULT
 from medtransfer.errors import CheckpointError, ConfigError, DataError

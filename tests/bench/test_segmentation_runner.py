@@ -7,7 +7,8 @@ import yaml
 
 from medtransfer.bench.runner import prepare, run_experiment
 from medtransfer.bench.store import ResultStore
-from medtransfer.config import ExperimentConfig, load_config, validate_config
+from medtransfer.config import ExperimentConfig
+from medtransfer.config_files import load_config, validate_config
 from medtransfer.errors import ConfigError
 from medtransfer.models.checkpoint import read_weights, save_backbone
 from medtransfer.models.factory import create_backbone

@@ -211,7 +211,8 @@ def test_cli_lists_and_clears_entries(xrays, capsys):
 
 def test_grid_checks_and_inline_pretraining_share_one_dataset(monkeypatch):
     from medtransfer.bench.runner import prepare
-    from medtransfer.config import ExperimentConfig, validate_config
+    from medtransfer.config import ExperimentConfig
+    from medtransfer.config_files import validate_config
 
     calls = []
     real = DATASETS["synthetic2d"]
@@ -236,7 +237,8 @@ def test_grid_checks_and_inline_pretraining_share_one_dataset(monkeypatch):
 
 def test_workers_does_not_change_run_or_pretraining_identities(xrays):
     from medtransfer.bench.grid import expand
-    from medtransfer.config import ExperimentConfig, PretrainConfig, validate_config
+    from medtransfer.config import ExperimentConfig, PretrainConfig
+    from medtransfer.config_files import validate_config
     from medtransfer.pretrain.run import resolved_pretrain_config
 
     data = {"name": "csv", "root": str(xrays), "csv": "labels.csv", "size": 16}

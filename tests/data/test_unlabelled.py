@@ -6,7 +6,8 @@ import pytest
 from PIL import Image
 from pydicom.uid import generate_uid
 
-from medtransfer.config import PretrainConfig, validate_config
+from medtransfer.config import PretrainConfig
+from medtransfer.config_files import validate_config
 from medtransfer.data import load_dataset
 from medtransfer.models.checkpoint import read_metadata
 from medtransfer.pretrain.run import pretrain

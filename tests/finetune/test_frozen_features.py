@@ -184,7 +184,8 @@ def test_knn_on_a_segmentation_task_is_refused(make_backbone, fast_train):
 def test_linear_and_knn_in_a_grid_share_one_extraction_and_store_results(tmp_path, cache_root, count_extractions):
     from medtransfer.bench.runner import run_experiment
     from medtransfer.bench.store import ResultStore
-    from medtransfer.config import ExperimentConfig, validate_config
+    from medtransfer.config import ExperimentConfig
+    from medtransfer.config_files import validate_config
     grid = {"name": "frozen", "datasets": [{"name": "synthetic2d", "n_train": 60, "n_val": 30, "n_test": 30,
                                             "size": 16}],
             "backbone": {"name": "resnet_tiny"}, "inits": ["random"], "strategies": ["linear", "knn"],

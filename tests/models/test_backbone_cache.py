@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from medtransfer.bench.grid import expand
-from medtransfer.config import ExperimentConfig, validate_config
+from medtransfer.config import ExperimentConfig
+from medtransfer.config_files import validate_config
 from medtransfer.models.backbones import owns
 from medtransfer.models.factory import create_backbone
 

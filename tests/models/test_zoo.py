@@ -11,7 +11,8 @@ from medtransfer.bench import runner
 from medtransfer.bench.runner import prepare, run_experiment
 from medtransfer.bench.store import ResultStore
 from medtransfer.cli import main
-from medtransfer.config import ExperimentConfig, PretrainConfig, validate_config
+from medtransfer.config import ExperimentConfig, PretrainConfig
+from medtransfer.config_files import validate_config
 from medtransfer.data.normalisation import DEFAULT, IMAGENET, IMAGENET_STD, UNIT_RANGE, Normalisation
 from medtransfer.errors import CheckpointError, ConfigError
 from medtransfer.models import zoo

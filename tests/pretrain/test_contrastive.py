@@ -9,7 +9,8 @@ from lightly.loss import DINOLoss, SwaVLoss
 from lightly.loss.swav_loss import sinkhorn
 from torch.utils.data import DataLoader, TensorDataset
 
-from medtransfer.config import PretrainConfig, validate_config
+from medtransfer.config import PretrainConfig
+from medtransfer.config_files import validate_config
 from medtransfer.errors import ConfigError
 from medtransfer.models.factory import create_backbone
 from medtransfer.pretrain import METHODS

@@ -5,7 +5,8 @@ name and before training."""
 import pytest
 import torch
 
-from medtransfer.config import PretrainConfig, validate_config
+from medtransfer.config import PretrainConfig
+from medtransfer.config_files import validate_config
 from medtransfer.errors import ConfigError
 from medtransfer.models.checkpoint import load_backbone_weights, read_weights
 from medtransfer.models.factory import create_backbone

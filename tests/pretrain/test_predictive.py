@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 import torch
 
-from medtransfer.config import PretrainConfig, validate_config
+from medtransfer.config import PretrainConfig
+from medtransfer.config_files import validate_config
 from medtransfer.errors import ConfigError
 from medtransfer.models.checkpoint import read_metadata
 from medtransfer.models.factory import create_backbone

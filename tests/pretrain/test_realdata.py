@@ -7,7 +7,8 @@ import pytest
 
 from medtransfer.bench.runner import run_experiment
 from medtransfer.bench.store import ResultStore
-from medtransfer.config import ExperimentConfig, validate_config
+from medtransfer.config import ExperimentConfig
+from medtransfer.config_files import validate_config
 
 REAL = (Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "medmnist").resolve()
 pytestmark = pytest.mark.realdata

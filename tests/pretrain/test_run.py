@@ -7,7 +7,8 @@ import pandas as pd
 import pytest
 import torch
 
-from medtransfer.config import PretrainConfig, validate_config
+from medtransfer.config import PretrainConfig
+from medtransfer.config_files import validate_config
 from medtransfer.data.transforms import IntensityWindow, MedicalViews
 from medtransfer.errors import CheckpointError, ConfigError
 from medtransfer.models.checkpoint import read_metadata

@@ -8,7 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from medtransfer.config import PretrainConfig, validate_config
+from medtransfer.config import PretrainConfig
+from medtransfer.config_files import validate_config
 from medtransfer.data.transforms import MedicalViews
 from medtransfer.errors import ConfigError
 from medtransfer.models.checkpoint import load_backbone_weights, read_metadata, read_weights

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from medtransfer.config import PretrainConfig, validate_config
+from medtransfer.config import PretrainConfig
+from medtransfer.config_files import validate_config
 from medtransfer.data import DATASETS
 from medtransfer.data.base import ImageDataset, Split
 from medtransfer.errors import ConfigError

@@ -5,7 +5,8 @@ import pytest
 
 from medtransfer.bench.runner import run_experiment
 from medtransfer.bench.store import ResultStore
-from medtransfer.config import ExperimentConfig, validate_config
+from medtransfer.config import ExperimentConfig
+from medtransfer.config_files import validate_config
 from medtransfer.errors import ConfigError
 from medtransfer.models.checkpoint import read_metadata
 from medtransfer.pretrain import METHODS

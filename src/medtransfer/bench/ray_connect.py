@@ -20,7 +20,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Optional
 
-from medtransfer.config import HardwareConfig, validate_config
+from medtransfer.config import HardwareConfig
+from medtransfer.config_files import validate_config
 from medtransfer.errors import ConfigError, MedtransferError
 from medtransfer.yaml_loader import safe_load_unique
 

@@ -70,6 +70,15 @@ class RayGrid:
                 self.bar.update()
             else:
                 self.queue.append((spec, run_id))
+        self.queue = deque(sorted(self.queue, key=self._longest_first))
+
+    def _longest_first(self, item: tuple[RunSpec, str]) -> tuple:
+        """Seed by seed, as sequentially (whole seeds finish early), but within a seed the runs likely to take longest
+        go first — those training the backbone, then larger subsets: a grid then ends on short runs, not on one
+        worker finishing a long run while the others idle."""
+        spec = item[0]
+        n_train = len(self.prepared.subsets[spec.dataset_label, spec.fraction, spec.seed])
+        return self.cfg.seeds.index(spec.seed), spec.strategy.frozen_backbone, -n_train
 
     def _submit(self, leases: LeaseKeeper) -> None:
         """Claim and submit queued runs while fewer than ``capacity`` run; runs held elsewhere are asked again."""

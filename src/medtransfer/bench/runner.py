@@ -29,7 +29,8 @@ from medtransfer.bench.fusion import check_fusions, identify_fusions, inits_to_r
 from medtransfer.bench.grid import RunSpec, dataset_labels, expand
 from medtransfer.bench.store import ClaimLost, ResultStore
 from medtransfer.bench.store_faults import stop_if_disk_full
-from medtransfer.config import DatasetConfig, ExperimentConfig, InitConfig, PretrainConfig, load_config
+from medtransfer.config import DatasetConfig, ExperimentConfig, InitConfig, PretrainConfig
+from medtransfer.config_files import load_config
 from medtransfer.data import ImageDataset, label_fraction_indices, load_dataset
 from medtransfer.data.imbalance import class_counts, plan_imbalance
 from medtransfer.data.normalisation import DEFAULT, Normalisation
