@@ -84,15 +84,6 @@ def test_bad_arguments_raise_data_error(kw, fragment):
         make_synthetic(**kw)
 
 
-@pytest.fixture
-def one_thread():
-    """One intra-op thread: a tiny CNN gains nothing from more, and they stall badly on a busy shared CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def test_label_is_learnable_by_a_small_cnn_2d(one_thread):
     torch.manual_seed(0)
     ds = make_synthetic(n_train=900, n_val=1, n_test=300, seed=1)

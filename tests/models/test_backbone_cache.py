@@ -14,12 +14,7 @@ CASES = [("resnet_tiny", 32, False), ("resnet_tiny", 28, True), ("vit_micro", 32
          ("unet_tiny_3d", 32, False), ("densenet_tiny", 32, False), ("swin_micro", 32, False)]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def check_against_a_run(backbone):

@@ -21,12 +21,7 @@ TODAY = ["resnet_tiny", "vit_micro"]
 SIZE = 32
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def build(name, in_chans=1, size=SIZE):

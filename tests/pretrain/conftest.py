@@ -2,17 +2,6 @@ import pytest
 import torch
 
 
-@pytest.fixture(scope="module")
-def one_thread():
-    """One intra-op thread for a module of tiny models: they gain nothing from more, and on busy shared cores OpenMP
-    spinning made them 10-40x slower; restored afterwards so other modules keep their setting. Modules opt in with
-    ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def losses_on_fixed_batch(method, images, steps=10, lr=1e-3, before_step=None, after_step=None):
     """Train ``method`` for ``steps`` on one batch and return its losses. Torch is re-seeded before every step so the
     views, corruptions, masks or pretext labels are identical each time: what changes is only the network."""
