@@ -101,3 +101,36 @@ def test_report_refuses_a_mix_and_reports_one_config_with_its_warnings(tmp_path,
     other = configs["config_key"][configs["config_key"] != key30].iloc[0]
     html = report_folder(tmp_path, tmp_path / "r15", config=other).read_text(encoding="utf-8")
     assert "None: no finished run stored a warning." in html
+
+
+def write_two_backbones(folder, same_backbone=False):
+    """Two experiments, one per backbone, each with its own SimCLR pre-training (its own hash) and a random init."""
+    store = ResultStore(folder)
+    for backbone, init, seed in itertools.product(("resnet18", "convnext_atto"), ("random", "simclr"), (0, 1)):
+        if same_backbone and init == "random" and backbone != "resnet18":
+            continue  # the same random runs: stored once
+        sha = None if init == "random" else f"sha-of-simclr-on-{backbone}"
+        config = {"dataset": {"name": "toy"}, "backbone": {"name": "resnet18" if same_backbone else backbone},
+                  "init": {"kind": init, "sha256": sha}, "strategy": {"name": "linear"}, "fraction": 0.1,
+                  "seed": seed}
+        run_id = config_hash(config)
+        store.start(run_id, config, {"dataset": "toy", "init": init, "strategy": "linear", "fraction": 0.1,
+                                     "seed": seed})
+        store.finish(run_id, {"auc": 0.7 + 0.1 * (init == "simclr")}, {}, {}, {"fit_s": 1.0, "test_s": 0.1})
+    return store.rows(status=None)
+
+
+def test_an_init_hash_that_another_setting_explains_does_not_split_an_experiment(tmp_path):
+    """Each backbone's SimCLR has its own hash: the backbone tells the experiments apart, and each experiment's random
+    and SimCLR runs share one config key, so `--config` keeps an init with its baseline."""
+    rows = write_two_backbones(tmp_path)
+    assert differing_settings(rows) == ["backbone.name"]
+    configs = config_table(rows)
+    assert configs.groupby("config_key").size().tolist() == [4, 4]
+    chosen = select_config(rows, configs["config_key"].iloc[0])
+    assert sorted(chosen["init"].unique()) == ["random", "simclr"] and differing_settings(chosen) == []
+
+
+def test_a_changed_init_file_alone_still_tells_experiments_apart(tmp_path):
+    rows = write_two_backbones(tmp_path, same_backbone=True)  # same backbone, two SimCLR hashes: a changed file
+    assert differing_settings(rows) == ["init.sha256"]

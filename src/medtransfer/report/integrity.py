@@ -50,13 +50,29 @@ def differing_settings(rows: pd.DataFrame) -> list[str]:
     if "config" not in rows or rows.empty:  # a hand-made frame: nothing to tell experiments apart by
         return []
     flat = [_flatten(c) for c in rows["config"]]
+    cells = list(rows.groupby(with_axes(CELL, rows), sort=False).indices.values())
+    differing = sorted(_differing(flat, cells))
+    # An init's content (e.g. its pre-training's hash) differs between experiments that differ in another setting
+    # (two backbones, each pre-trained): those settings already tell the experiments apart, and keying on the init
+    # too would split each experiment's inits into separate configs, so that none could be compared with its baseline
+    others = [key for key in differing if not key.startswith("init.")]
+    if others and others != differing:
+        split = [[i for i in cell if tuple(flat[i].get(k) for k in others) == values]
+                 for cell in cells for values in {tuple(flat[i].get(k) for k in others) for i in cell}]
+        if not _differing(flat, split):
+            return others
+    return differing
+
+
+def _differing(flat: list[dict], groups: list) -> set[str]:
+    """The keys (seed aside) that take several values inside any of ``groups`` (positions into ``flat``)."""
     differing: set[str] = set()
-    for positions in rows.groupby(with_axes(CELL, rows), sort=False).indices.values():
+    for positions in groups:
         group = [flat[i] for i in positions]
         for key in set().union(*group) - {"seed"} - differing:
             if len({g.get(key) for g in group}) > 1:
                 differing.add(key)
-    return sorted(differing)
+    return differing
 
 
 def _shown(value: str | None) -> str:
