@@ -67,9 +67,10 @@ def _augmented(x: torch.Tensor, photometric: nn.Module | None) -> torch.Tensor:
     return x if photometric is None else photometric(x).clamp(0.0, 1.0)
 
 
-class _Normalised(nn.Module):
+class Normalised(nn.Module):
     """Holds the init's mean/std as (1, C, 1, ...) buffers, so they follow the module to its device; not persistent:
-    they come from the init, not from a Lightning checkpoint."""
+    they come from the init, not from a Lightning checkpoint. Called on a [0, 1] batch, it normalises it (a fusion
+    member's own input); the preprocessing modules below build on it."""
 
     def __init__(self, spatial_dims: int, normalisation: Normalisation):
         super().__init__()
@@ -80,8 +81,11 @@ class _Normalised(nn.Module):
     def normalise(self, x: torch.Tensor) -> torch.Tensor:
         return (x - self.mean) / self.std
 
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.normalise(x)
 
-class Preprocess(_Normalised):
+
+class Preprocess(Normalised):
     """uint8 batch -> normalised float batch, with optional training-time augmentation."""
 
     def __init__(self, spatial_dims: int, size: tuple[int, ...] | None = None, augment: str = "none",
@@ -99,7 +103,7 @@ class Preprocess(_Normalised):
         return self.normalise(x)
 
 
-class SegmentationPreprocess(_Normalised):
+class SegmentationPreprocess(Normalised):
     """Segmentation batches: uint8 images, class-index masks and field-of-view masks, preprocessed jointly.
 
     At training time a random patch (``patch_size``) is cut and the fine-tuning augmentation's spatial part

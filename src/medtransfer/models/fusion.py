@@ -15,24 +15,11 @@ import torch
 from torch import nn
 
 from medtransfer.data.normalisation import Normalisation
+from medtransfer.data.transforms import Normalised
 from medtransfer.models.backbones import Backbone
 from medtransfer.models.heads import hold_frozen_batchnorm
 
 HOWS = ("concat", "ensemble")
-
-
-class _MemberInput(nn.Module):
-    """A member's own input normalisation, as buffers that follow the model to its device (not persistent: they
-    come from the init, not from a Lightning checkpoint)."""
-
-    def __init__(self, normalisation: Normalisation, spatial_dims: int):
-        super().__init__()
-        mean, std = normalisation.shaped(spatial_dims)
-        self.register_buffer("mean", mean, persistent=False)
-        self.register_buffer("std", std, persistent=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (x - self.mean) / self.std
 
 
 class FusedHead(nn.Module):
@@ -65,7 +52,7 @@ class FusionModel(nn.Module):
                  how: Literal["concat", "ensemble"] = "concat", dropout: float = 0.0):
         super().__init__()
         self.members = nn.ModuleList(members)
-        self.inputs = nn.ModuleList(_MemberInput(n, m.spatial_dims) for m, n in zip(members, normalisations))
+        self.inputs = nn.ModuleList(Normalised(m.spatial_dims, n) for m, n in zip(members, normalisations))
         self.head = FusedHead([m.num_features for m in members], num_outputs, how, dropout)
 
     @property
