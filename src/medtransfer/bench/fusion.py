@@ -40,7 +40,8 @@ def inits_to_resolve(cfg: ExperimentConfig) -> list[InitConfig]:
 
 def check_fusions(cfg: ExperimentConfig, prepared) -> None:
     """What makes a fusion unrunnable, refused before any training: a member label naming no init, segmentation,
-    training policies, the Ray executor, a strategy a member cannot train under, members trained on different input channels/sizes."""
+    training policies or imbalance ratios (its loop applies neither), a strategy a member cannot train under, members
+    trained on different input channels or sizes. Any executor runs fusions (a Ray task gets every member's file)."""
     singles = [init.name for init in cfg.inits if not init.fuse]
     for fusion in fusions(cfg):
         where = f"inits ({fusion.name})"
@@ -56,9 +57,6 @@ def check_fusions(cfg: ExperimentConfig, prepared) -> None:
         if ratios:  # a fusion trains on the label-fraction subset through its own loop, which draws no ratio
             raise ConfigError(f"{where}: fusions train at the natural class ratio only; imbalance.ratios {ratios} "
                               "would label runs they never acted on (run the fusion with imbalance: [null])")
-        if cfg.hardware.executor != "sequential":
-            raise ConfigError(f"{where}: fusions run with hardware.executor: sequential only, not "
-                              f"{cfg.hardware.executor!r}")
         for label, data in prepared.data.items():
             if data.task == "segmentation":
                 raise ConfigError(f"{where}: fusion is for classification; dataset {label} is a segmentation task "

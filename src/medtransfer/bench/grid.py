@@ -17,6 +17,7 @@ from medtransfer.data import identity_options
 from medtransfer.imbalance import Imbalance, with_ratio
 from medtransfer.data.normalisation import DEFAULT, Normalisation
 from medtransfer.finetune.batches import drops_with_full_batches
+from medtransfer.finetune.fusion import MembersStrategy
 from medtransfer.finetune.policies import NO_POLICY, TrainingPolicy
 from medtransfer.finetune.strategies import Strategy
 
@@ -97,6 +98,19 @@ def fusion_member_names(fusion: InitConfig) -> list[str]:
     return [m.label if m.label is not None else f"{fusion.name}[{k}]" for k, m in enumerate(fusion.fuse)]
 
 
+def inits_read(init: InitConfig) -> list[str]:
+    """The prepared inits (file, normalisation) a run of ``init`` reads: itself and, for a fusion, its members."""
+    return [init.name, *(fusion_member_names(init) if init.fuse else [])]
+
+
+def init_strategies(init: InitConfig, strategies: list[Strategy]) -> list[Strategy]:
+    """The strategies ``init`` runs under: the experiment's, except for a fusion whose members all name their own,
+    on which no run's strategy acts: it runs once per cell, under a ``MembersStrategy`` saying what trains."""
+    if init.fuse and all(m.strategy is not None for m in init.fuse):
+        return [MembersStrategy(members=tuple(m.strategy for m in init.fuse))]
+    return strategies
+
+
 def dataset_labels(datasets: list[DatasetConfig]) -> list[str]:
     """Dataset names, disambiguated by their options (and ``resize``) when one name appears twice (e.g. two sizes)."""
     names = [d.name for d in datasets]
@@ -110,10 +124,10 @@ def dataset_labels(datasets: list[DatasetConfig]) -> list[str]:
 
 
 def expand(cfg: ExperimentConfig) -> list[RunSpec]:
-    """inits x datasets x strategies x policies x label fractions x imbalance ratios x seeds, in an order that
-    finishes whole seeds early."""
+    """inits x datasets x strategies (``init_strategies``) x policies x label fractions x imbalance ratios x seeds, in
+    an order that finishes whole seeds early."""
     labels = dataset_labels(cfg.datasets)
     return [RunSpec(dataset, label, init, strategy, fraction, seed, policy, imbalance)
-            for seed, (dataset, label), imbalance, init, fraction, strategy, policy in itertools.product(
-                cfg.seeds, zip(cfg.datasets, labels), cfg.imbalance.settings(), cfg.inits, cfg.label_fractions,
-                cfg.strategies, cfg.policies)]
+            for seed, (dataset, label), imbalance, init, fraction in itertools.product(
+                cfg.seeds, zip(cfg.datasets, labels), cfg.imbalance.settings(), cfg.inits, cfg.label_fractions)
+            for strategy, policy in itertools.product(init_strategies(init, cfg.strategies), cfg.policies)]

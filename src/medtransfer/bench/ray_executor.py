@@ -5,7 +5,7 @@ process died (``max_retries``) and never retries a run that raised (a data or co
 This driver keeps what only it can do: it claims each run in the store just before submitting it, so several
 drivers on one folder share the grid, keeps the claims' leases alive, and is the only writer of the results
 database. Runs of a pre-training init are submitted when its pre-training task has produced the checkpoint whose
-hash names them; the other runs do not wait for it.
+hash names them (a fusion's, when every member's has), the other runs do not wait for it.
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ from typing import Optional
 from tqdm.auto import tqdm
 
 from medtransfer.bench.claims import LeaseKeeper, pass_started, process_owner
-from medtransfer.bench.grid import RunSpec, expand
+from medtransfer.bench.fusion import identify_fusions
+from medtransfer.bench.grid import RunSpec, expand, inits_read
 from medtransfer.bench.ray_connect import RayConnection, capacity, ray_hardware, task_options
 from medtransfer.bench.runner import Prepared, RunSummary, _check_fits, prepare, run_identity
 from medtransfer.bench.store import ClaimLost, ResultStore
@@ -53,16 +54,17 @@ class RayGrid:
         self.pretraining: dict = {}  # ObjectRef -> init name
         self.skipped = self.done = 0
         self.failed: list[str] = []
+        self.lost: set[str] = set()  # inits whose runs a failed pre-training wrote off
 
     def _resolved(self, spec: RunSpec) -> dict:
         return spec.resolved(self.cfg, *run_identity(self.prepared, spec))
 
-    def _enqueue(self, init_name: str | None = None) -> None:
-        """Queue the unfinished runs of one init (all inits without a pre-training when None); count the rest."""
+    def _enqueue(self, names: set[str] | None = None) -> None:
+        """Queue the unfinished runs of the inits ``names`` (None: every init whose weights are known, i.e. all but
+        those waiting for a pre-training); count the rest."""
+        names = set(self.prepared.init_sha256) if names is None else names
         for spec in self.specs:
-            wanted = (spec.init.name == init_name if init_name
-                      else spec.init.name not in self.prepared.pretrain_plans)
-            if not wanted:
+            if spec.init.name not in names:
                 continue
             run_id = spec.run_id(self.cfg, *run_identity(self.prepared, spec))
             if self.store.status(run_id) == "done":
@@ -98,15 +100,18 @@ class RayGrid:
                 self.bar.update()
             else:
                 leases.hold(run_id)
-                init_file = self.prepared.init_files[spec.init.name]
+                names = inits_read(spec.init)
+                files = {name: self.prepared.init_files[name] for name in names}
                 # absolute paths: a worker of a joined cluster does not share this driver's working directory
-                ref = self.train.remote(self.cfg, spec, None if init_file is None else str(init_file.resolve()),
-                                        self.prepared.init_normalisation[spec.init.name],
+                ref = self.train.remote(self.cfg, spec,
+                                        {name: None if f is None else str(f.resolve()) for name, f in files.items()},
+                                        {name: self.prepared.init_normalisation[name] for name in names},
                                         str(self.store.run_dir(run_id).resolve()), self.verbose)
                 self.running[ref] = (spec, run_id)
 
     def _pretrained(self, ref) -> None:
-        """A pre-training task ended: key its init by the checkpoint's hash and queue the init's runs."""
+        """A pre-training task ended: key its init by the checkpoint's hash and queue the init's runs, and those of
+        the fusions whose last unknown member it was."""
         name = self.pretraining.pop(ref)
         try:
             checkpoint = Path(self.ray.get(ref))
@@ -114,14 +119,18 @@ class RayGrid:
         except Exception as err:  # noqa: BLE001 - the other inits' runs go on
             if self.fail_fast:
                 raise
-            runs = [spec for spec in self.specs if spec.init.name == name]
+            runs = [spec for spec in self.specs  # its fusions' runs too, unless another member's failure took them
+                    if name in inits_read(spec.init) and spec.init.name not in self.lost]
+            self.lost |= {spec.init.name for spec in runs}
             self.failed += [f"{spec.labels()}: pre-training of init {name!r} failed: {err}" for spec in runs]
             self.bar.update(len(runs))
             return
         self.prepared.init_files[name] = checkpoint
         self.prepared.init_sha256[name] = sha256_file(checkpoint)
         self.prepared.init_normalisation[name] = file_normalisation(checkpoint)
-        self._enqueue(name)
+        known = set(self.prepared.init_sha256)
+        identify_fusions(self.cfg, self.prepared)
+        self._enqueue({name, *(set(self.prepared.init_sha256) - known)})
 
     def _trained(self, ref, leases: LeaseKeeper) -> None:
         """A run's task ended: store its result, or its error (raised, or its worker died beyond the retries)."""

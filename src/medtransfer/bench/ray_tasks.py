@@ -33,10 +33,11 @@ def pretrain_task(pcfg: PretrainConfig, output: str, threads: int, verbose: bool
         return str(pretrain(pcfg, Path(output), verbose=verbose))
 
 
-def train_task(cfg: ExperimentConfig, spec: RunSpec, init_file: str | None, normalisation: Normalisation,
-               run_dir: str, verbose: bool) -> dict:
-    """Fine-tune one run into ``run_dir`` (predictions included), its init fed with ``normalisation`` (the init's,
-    per channel of its weights); returns what the driver stores."""
+def train_task(cfg: ExperimentConfig, spec: RunSpec, init_files: dict[str, str | None],
+               normalisations: dict[str, Normalisation], run_dir: str, verbose: bool) -> dict:
+    """Fine-tune one run into ``run_dir`` (predictions included); returns what the driver stores. ``init_files`` and
+    ``normalisations`` (per channel of the weights) hold every init the run reads (``grid.inits_read``): its own
+    and, for a fusion, each member's."""
     run_dir = Path(run_dir)
     # where the run trains (host and process), so a stuck or crashed run can be traced to its worker
     (run_dir / WORKER_FILE).write_text(json.dumps({"host": socket.gethostname(), "pid": os.getpid()}))
@@ -48,8 +49,8 @@ def train_task(cfg: ExperimentConfig, spec: RunSpec, init_file: str | None, norm
         data={label: data}, input_size={label: dataset_input_size(cfg, spec.dataset, data)},
         subsets={(label, spec.fraction, spec.seed): label_fraction_indices(data.train.labels, data.task,
                                                                             spec.fraction, spec.seed)},
-        init_files={spec.init.name: None if init_file is None else Path(init_file)},
-        init_normalisation={spec.init.name: normalisation})
+        init_files={name: None if path is None else Path(path) for name, path in init_files.items()},
+        init_normalisation=dict(normalisations))
     result, indices = run_one(cfg, spec, prepared, run_dir, verbose)
     write_predictions(run_dir, **result.predictions)
     return {"metrics": result.metrics, "per_class": result.per_class, "val_metrics": result.val_metrics,

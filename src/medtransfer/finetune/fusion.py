@@ -18,10 +18,12 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Literal
 
 import lightning as L
 import numpy as np
 import torch
+from pydantic import SerializeAsAny
 from torch import nn
 
 from medtransfer.config import HardwareConfig, TrainConfig
@@ -53,6 +55,22 @@ def check_member_strategy(strategy: Strategy, where: str = "") -> None:
         why = "it unfreezes mid-run" if strategy.freezing_changes else "a k-NN vote trains nothing"
         raise ConfigError(f"{where + ': ' if where else ''}strategy {strategy.label()!r} cannot train a fusion "
                           f"member ({why}); allowed: end_to_end, linear, range/q1..q4, truncate, lwlr_decay")
+
+
+class MembersStrategy(Strategy):
+    """What a fusion whose members all name their own strategy runs under: no run's strategy would act on any member,
+    so such a fusion runs once per cell, under this record of what trains ("members: range 0.25-0.5 + ..."). Never
+    written in YAML (not in the registry); ``prepare`` does nothing, as the fusion loop prepares every member."""
+
+    name: Literal["members"] = "members"
+    members: tuple[SerializeAsAny[Strategy], ...]
+
+    @property
+    def frozen_backbone(self) -> bool:  # read where a strategy's cost matters (the Ray queue's order)
+        return all(s.frozen_backbone for s in self.members)
+
+    def label(self) -> str:
+        return "members: " + " + ".join(s.label() for s in self.members)
 
 
 class FusionStrategy:
@@ -154,5 +172,5 @@ def _member_features(data: ImageDataset, members: list[Backbone], normalisations
     return {s: np.concatenate([f[s] for f in per_member], axis=1) for s in SPLITS}
 
 
-__all__ = ["FusionStrategy", "FusionTuner", "build_fusion", "check_member_strategy",
+__all__ = ["FusionStrategy", "FusionTuner", "MembersStrategy", "build_fusion", "check_member_strategy",
            "fine_tune_fusion", "member_strategy"]

@@ -1,7 +1,8 @@
 """Which runs a report should have and which it lacks, so a mean over fewer seeds is never taken silently.
 
 The expected grid is the product of every dataset, init, strategy, label fraction and seed that appears in the
-store with any status — exactly what ``bench.grid.expand`` runs for one experiment. A run is *missing* when it
+store with any status — exactly what ``bench.grid.expand`` runs for one experiment, where a fusion whose members all
+name their own strategy runs under that one strategy (``MembersStrategy``) alone, and no other init does. A run is *missing* when it
 never finished (failed, interrupted, still running, never started) or when it finished with the metric undefined
 (e.g. AUC on a test split holding one class).
 """
@@ -25,11 +26,31 @@ def finished_runs(rows: pd.DataFrame) -> pd.DataFrame:
     return rows[rows["status"] == "done"] if "status" in rows else rows
 
 
+MEMBERS = "members"  # the name of ``finetune.fusion.MembersStrategy`` (not imported: reports load without torch)
+
+
+def members_cells(rows: pd.DataFrame) -> set[tuple[str, str]]:
+    """The (init, strategy) pairs of fusions run under their members' own strategies (``MembersStrategy``)."""
+    configs = rows["config"] if "config" in rows else [None] * len(rows)
+    return {(init, strategy) for init, strategy, config in zip(rows["init"], rows["strategy"], configs)
+            if ((config or {}).get("strategy") or {}).get("name") == MEMBERS}
+
+
 def expected_grid(rows: pd.DataFrame) -> pd.DataFrame:
-    """Every (dataset, init, strategy[, policy], fraction, seed) of the product of the levels present in ``rows``."""
+    """Every (dataset, init, strategy[, policy], fraction, seed) of the product of the levels present in ``rows``,
+    less the pairs ``expand`` never runs: a ``members_cells`` strategy with any other init, or its init with any
+    other strategy (unless such a run is in ``rows``)."""
     keys = with_axes(RUN_KEYS, rows)
     levels = [sorted(rows[key].unique()) for key in keys]
-    return pd.DataFrame(list(itertools.product(*levels)), columns=keys)
+    grid = pd.DataFrame(list(itertools.product(*levels)), columns=keys)
+    own = members_cells(rows)
+    if not own:
+        return grid
+    inits, strategies = {init for init, _ in own}, {strategy for _, strategy in own}
+    pairs = list(zip(grid["init"], grid["strategy"]))
+    present = set(zip(rows["init"], rows["strategy"]))
+    keep = [pair in own or pair in present or (pair[0] not in inits and pair[1] not in strategies) for pair in pairs]
+    return grid[keep].reset_index(drop=True)
 
 
 def _first_line(text) -> str:
