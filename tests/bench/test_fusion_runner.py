@@ -103,7 +103,6 @@ def test_a_misfit_member_is_refused_before_training(tmp_path, misfit, message):
     (None, {"datasets": [{"name": "synthetic_seg2d", "n_train": 12, "n_val": 6, "n_test": 6, "size": 16}]},
      "fusion is for classification; dataset synthetic_seg2d is a segmentation task"),
     (None, {"strategies": ["warmup"], "train": {"epochs": 20}}, r"fuse\[0\] under strategies\[0\].*'warmup ?"),
-    (None, {"hardware": {"executor": "ray"}}, "fusions run with hardware.executor: sequential only"),
     (None, {"policies": ["none", {"mixup": 0.2}]}, r"fusions train without training policies; policies \['mixup"),
     (None, {"imbalance": [None, 2]}, r"fusions train at the natural class ratio only; imbalance.ratios \[2"),
 ])

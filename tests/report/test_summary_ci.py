@@ -9,7 +9,7 @@ from toy_experiment import FAILED, SEEDS, auc_value
 from scipy import stats
 
 from medtransfer.errors import ConfigError
-from medtransfer.report.coverage import missing_runs
+from medtransfer.report.coverage import MEMBERS, missing_runs
 from medtransfer.report.integrity import check_one_experiment
 from medtransfer.report.tables import summary_with_ci, to_html, to_latex, to_markdown, wide_table
 
@@ -102,3 +102,21 @@ def test_mixed_experiments_are_refused(experiment):
         check_one_experiment(mixed)
     with pytest.raises(ConfigError, match="mixes experiments"):
         summary_with_ci(mixed)
+
+
+def test_a_fusion_under_its_members_strategies_is_expected_in_its_own_cells_only(experiment):
+    """Such a fusion runs once per cell (``bench.grid.init_strategies``): neither it under the other strategies nor
+    the other inits under its strategy are missing runs."""
+    _, rows = experiment
+    own = "members: range 0.25-0.5 + linear"
+    fusion = rows[(rows["init"] == "random") & (rows["strategy"] == "linear") & (rows["seed"] != 2)].copy()
+    config = {**fusion["config"].iloc[0], "strategy": {"name": MEMBERS, "members": [
+        {"name": "range", "range": "0.25-0.5"}, {"name": "linear"}]}}
+    fusion = fusion.assign(init="both", strategy=own, config=[config] * len(fusion), run_id=["f1", "f2", "f3", "f4"])
+    missing = missing_runs(pd.concat([rows, fusion], ignore_index=True), "auc")
+    assert sorted(missing[["init", "strategy", "fraction", "seed", "status"]].values.tolist()) == [
+        ["both", own, 0.1, 2, "not started"], ["both", own, 1.0, 2, "not started"], [*FAILED, "failed"]]
+    summary = summary_with_ci(pd.concat([rows, fusion], ignore_index=True), ["auc"])
+    assert {(i, s) for i, s in zip(summary["init"], summary["strategy"]) if i == "both" or s == own} == {
+        ("both", own)}
+    assert set(summary.loc[summary["init"] == "both", "n_expected"]) == {3}
