@@ -199,6 +199,63 @@ def test_two_local_workers_store_exactly_the_sequential_results(tmp_path):
     assert len(workers) == 2 and os.getpid() not in workers  # trained in two Ray worker processes
 
 
+def fusion_grid(tmp_path: Path) -> dict:
+    """A fusion whose first member is pre-trained (into a folder both executors reuse, so both key the runs by the
+    same checkpoint) and whose second is a file with ImageNet statistics, each under its own strategy."""
+    import torch
+
+    from medtransfer.data.normalisation import IMAGENET
+    from medtransfer.models.checkpoint import save_backbone
+    from medtransfer.models.factory import create_backbone
+    torch.manual_seed(2)
+    b = save_backbone(create_backbone("resnet_tiny", 1, 16), tmp_path / "b.safetensors",
+                      normalisation=IMAGENET.to_dict())
+    pretraining = {"method": "simclr", "data": DATA, "backbone": {"name": "resnet_tiny"}, "epochs": 1,
+                   "batch_size": 32, "output": str(tmp_path / "simclr")}
+    fusion = {"label": "both", "fuse": [{"init": {"pretrain": pretraining}, "strategy": "q2"},
+                                        {"init": {"checkpoint": str(b)}, "strategy": "linear"}]}
+    return {"inits": [fusion], "label_fractions": [0.5, 1.0]}
+
+
+def test_a_fusion_is_queued_once_its_members_pretraining_ends(tmp_path):
+    from types import SimpleNamespace
+
+    from medtransfer.bench.ray_executor import RayGrid
+    from medtransfer.bench.runner import prepare, run_pretrainings
+    cfg = validate_config({**GRID, **fusion_grid(tmp_path), "hardware": {"executor": "ray", "workers": 2}},
+                          ExperimentConfig)
+    prepared = prepare(cfg)
+    run_pretrainings(cfg, prepare(cfg), tmp_path, verbose=False)  # the checkpoint a pre-training task would return
+    (checkpoint,) = (tmp_path / "simclr").glob("**/backbone.safetensors")
+    fake_ray = SimpleNamespace(remote=lambda **options: lambda function: function, get=lambda ref: str(checkpoint))
+    grid = RayGrid(fake_ray, cfg, prepared, ResultStore(tmp_path), verbose=False, fail_fast=False, lease_s=60)
+    grid.bar = SimpleNamespace(update=lambda *args: None)
+    grid._enqueue()
+    assert not grid.queue  # its content hash waits for the member's weights
+    grid.pretraining["ref"] = "both[0]"
+    grid._pretrained("ref")
+    assert [(spec.init.name, spec.fraction) for spec, _ in grid.queue] == [("both", 1.0), ("both", 0.5)]
+
+
+@pytest.mark.slow
+def test_a_fusion_on_two_local_workers_stores_the_sequential_results(tmp_path):
+    """The worker gets every member's file and normalisation: same run ids, numbers and predictions as sequential."""
+    grid = fusion_grid(tmp_path)
+    sequential = run_experiment(validate_config({**GRID, **grid}, ExperimentConfig), tmp_path / "seq", progress=False)
+    assert (sequential.done, sequential.failed) == (2, [])
+    out = finish(cli(write_grid(tmp_path, **grid), "--output", "par", "--workers", "2", cwd=tmp_path))
+    assert "2 run(s) done, 0 already finished, 0 failed of 2" in out
+    seq, par = results(tmp_path / "seq"), results(tmp_path / "par")
+    assert list(par.index) == list(seq.index) and set(par["strategy"]) == {"members: range 0.25-0.5 + linear"}
+    for column in ("metrics", "per_class", "val_metrics"):
+        assert list(par[column]) == list(seq[column]), column
+    for run_id in par.index:
+        run_dir = tmp_path / "par" / "runs" / run_id[:16]
+        assert json.loads((run_dir / "worker.json").read_text())["pid"] != os.getpid()
+        np.testing.assert_array_equal(np.load(run_dir / "test_predictions.npz")["scores"],
+                                      np.load(tmp_path / "seq" / "runs" / run_id[:16] / "test_predictions.npz")["scores"])
+
+
 @pytest.mark.slow
 def test_pretraining_is_a_task_and_other_inits_do_not_wait_for_it(tmp_path):
     pretraining = {"method": "simclr", "data": DATA, "backbone": {"name": "resnet_tiny"}, "epochs": 8,
