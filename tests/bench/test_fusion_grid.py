@@ -2,7 +2,6 @@
 member taking the run's strategy runs once per experiment strategy, with the ids it always had."""
 
 import pandas as pd
-import pytest
 import yaml
 
 from medtransfer.bench.grid import expand
