@@ -49,13 +49,18 @@ def measured_means(rows: pd.DataFrame, metric: str) -> pd.DataFrame:
     return (done.groupby(keys, sort=True)[f"metric.{metric}"].agg(mean="mean", n="count").reset_index())
 
 
-def ranked_vs_measured(measured: pd.DataFrame, ranking: pd.DataFrame, metric: str) -> pd.DataFrame:
-    """One row per (cell, strategy) both ranked and measured: ``score``, ``predicted_rank`` and ``measured_rank``
-    (1 = best, ties share the lowest rank) among those strategies, ``mean`` and ``n``."""
+def check_columns(ranking: pd.DataFrame) -> None:
+    """Refuse a ranking without the columns scoring reads, naming them."""
     missing = [c for c in RANKING_COLUMNS if c not in ranking]
     if missing:
         raise ConfigError(f"recommendations: columns {', '.join(missing)} are missing; required: "
                           f"{', '.join(RANKING_COLUMNS)}")
+
+
+def ranked_vs_measured(measured: pd.DataFrame, ranking: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """One row per (cell, strategy) both ranked and measured: ``score``, ``predicted_rank`` and ``measured_rank``
+    (1 = best, ties share the lowest rank) among those strategies, ``mean`` and ``n``."""
+    check_columns(ranking)
     ranked = ranking.loc[ranking["score"].notna(), list(RANKING_COLUMNS)]
     both = measured.merge(ranked, on=[*CELL, "strategy"], how="inner")
     cell = [k for k in measured.columns if k not in ("strategy", "mean", "n")]
@@ -112,6 +117,7 @@ def score_rankers(rows: pd.DataFrame, recommendations: pd.DataFrame, metric: str
                   families: dict[str, str]) -> dict[str, tuple[pd.DataFrame, pd.DataFrame]]:
     """{ranker: (its ``ranked_vs_measured`` table, its ``cell_scores``)} for the recommender and both baselines,
     all over the same ranked strategies."""
+    check_columns(recommendations)
     measured = measured_means(rows, metric)
     rankings = {RECOMMENDER: recommendations, END_TO_END: always_end_to_end(recommendations),
                 STUDY_RULE: study_rule(recommendations, families)}
