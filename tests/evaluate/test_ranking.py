@@ -11,6 +11,7 @@ from medtransfer.config import ExperimentConfig
 from medtransfer.config_files import validate_config
 from medtransfer.errors import ConfigError
 from medtransfer.evaluate import ranking
+from medtransfer.finetune.strategies import parse_strategy
 
 Q2, Q3, Q4 = "range 0.25-0.5", "range 0.5-0.75", "range 0.75-1"
 
@@ -98,6 +99,8 @@ def test_families_come_from_the_experiments_pretraining_methods():
     assert families == {"simclr": "contrastive", "genesis": "restorative", "rot": "predictive"}
     assert [ranking.rule_strategy(families.get(i)) for i in ("simclr", "genesis", "rot", "random")] == \
         [Q2, Q3, "end_to_end", "end_to_end"]
+    assert [ranking.rule_strategy(f) for f in ("contrastive", "restorative")] == \
+        [parse_strategy(q).label() for q in ("q2", "q3")]  # the labels the grid stores for q2 and q3
 
 
 def test_stored_families_match_checkpoint_sidecars_by_content_hash(tmp_path):

@@ -26,6 +26,7 @@ from scipy.stats import kendalltau
 
 from medtransfer.errors import ConfigError, allowed
 from medtransfer.evaluate import LOWER_IS_BETTER
+from medtransfer.models.depth import DepthRange
 from medtransfer.report.coverage import finished_runs, metric_names
 from medtransfer.report.fusion import fusion_members
 from medtransfer.report.integrity import check_one_experiment, with_axes
@@ -98,10 +99,8 @@ def always_end_to_end(ranking: pd.DataFrame) -> pd.DataFrame:
 def rule_strategy(family: str | None) -> str:
     """The strategy label the study's rule fine-tunes for an init of ``family`` (None: not pre-trained here)."""
     quarter = RULE_QUARTERS.get(family)
-    if quarter is None:
-        return "end_to_end"
-    from medtransfer.finetune.strategies import parse_strategy  # the label exactly as the grid stores it
-    return parse_strategy(quarter).label()
+    # DepthRangeStrategy.label() of the quarter, spelled out so that `medtransfer report` never imports torch
+    return "end_to_end" if quarter is None else f"range {DepthRange.parse(quarter)}"
 
 
 def study_rule(ranking: pd.DataFrame, families: dict[str, str]) -> pd.DataFrame:
