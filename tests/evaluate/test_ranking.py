@@ -75,6 +75,17 @@ def test_a_tied_top_is_a_random_pick_expected_regret_and_undefined_tau():
     assert cell["pick_is_best"] == pytest.approx(1 / 3) and math.isnan(cell["tau"])
 
 
+def test_a_pick_tied_with_the_measured_best_has_no_regret():
+    measured = {"end_to_end": [0.80, 0.90], Q2: [0.85, 0.85], "linear": [0.70, 0.70]}
+    table = ranking.ranked_vs_measured(ranking.measured_means(runs(measured), "auc"),
+                                       recommended({Q2: 2.0, "end_to_end": 1.0, "linear": 0.0}), "auc")
+    assert table["measured_rank"].tolist() == [1, 1, 3]
+    cell = ranking.cell_scores(table, "auc").iloc[0]
+    assert (cell["best"], cell["regret"], cell["pick_is_best"]) == (f"{Q2} / end_to_end", 0.0, 1.0)
+    # pairs: q2-e2e tied in mean; q2-linear and e2e-linear concordant: tau_b = 2 / sqrt((3 - 0) * (3 - 1))
+    assert cell["tau"] == pytest.approx(2 / math.sqrt(6))
+
+
 def test_study_rule_picks_q2_for_contrastive_q3_for_restorative_end_to_end_otherwise():
     grid = {"end_to_end": [0.8], "linear": [0.7], Q2: [0.9], Q3: [0.6]}
     rows = pd.concat([runs(grid, init=init) for init in ("simclr", "genesis", "random")])
@@ -145,6 +156,9 @@ def test_bad_input_is_refused_by_name():
     with pytest.raises(ConfigError, match="columns score are missing"):
         ranking.ranked_vs_measured(ranking.measured_means(runs(MEASURED), "auc"),
                                    recommended(SCORES).drop(columns="score"), "auc")
+    twice = pd.concat([recommended(SCORES), recommended({"linear": 0.0})])
+    with pytest.raises(ConfigError, match=r"2 rows repeat .* toy \| simclr \| 0.1 \| linear; allowed: one row each"):
+        ranking.score_rankers(runs(MEASURED), twice, "auc", {})
     mixed = runs(MEASURED).assign(config=[{"train": {"epochs": e}} for e in (3, 5) * 5])
     with pytest.raises(ConfigError, match="mixes experiments"):
         ranking.measured_means(mixed, "auc")

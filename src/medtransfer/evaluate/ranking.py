@@ -35,27 +35,36 @@ CELL = ("dataset", "init", "fraction")
 RANKING_COLUMNS = ("dataset", "init", "fraction", "strategy", "score")
 RECOMMENDER, END_TO_END, STUDY_RULE = "recommender", "always end-to-end", "study rule"
 RULE_QUARTERS = {"contrastive": "q2", "restorative": "q3"}  # Khan & Fang; every other family -> end_to_end
+TIE_DECIMALS = 12  # far below any metric's resolution, far above float rounding
 CELL_COLUMNS = ("n_strategies", "n_seeds", "tau", "pick", "best", "regret", "pick_is_best")
 
 
 def measured_means(rows: pd.DataFrame, metric: str) -> pd.DataFrame:
-    """Per (cell, strategy): ``mean`` of ``metric`` over the finished seeds with a defined value, and their number
-    ``n``. Refuses a store mixing experiments (``integrity.check_one_experiment``): means never pool configs."""
+    """Per (cell, strategy): ``mean`` of ``metric`` over the finished seeds with a defined value (rounded to
+    ``TIE_DECIMALS``, so that equal means summed in another order tie), and their number ``n``. Refuses a store mixing experiments (``integrity.check_one_experiment``): means never pool configs."""
     check_one_experiment(rows)
     if metric not in metric_names(rows):
         raise ConfigError(f"metric: {metric!r} is not in these results; allowed: {allowed(metric_names(rows))}")
     done = finished_runs(rows)
     done = done[done[f"metric.{metric}"].notna() & ~done["init"].isin(fusion_members(done))]
     keys = with_axes((*CELL, "strategy"), done)
-    return (done.groupby(keys, sort=True)[f"metric.{metric}"].agg(mean="mean", n="count").reset_index())
+    means = done.groupby(keys, sort=True)[f"metric.{metric}"].agg(mean="mean", n="count").reset_index()
+    return means.assign(mean=means["mean"].round(TIE_DECIMALS))
 
 
 def check_columns(ranking: pd.DataFrame) -> None:
-    """Refuse a ranking without the columns scoring reads, naming them."""
+    """Refuse a ranking without the columns scoring reads, or scoring one strategy of a cell twice (which would
+    count its measured runs twice), naming them."""
     missing = [c for c in RANKING_COLUMNS if c not in ranking]
     if missing:
         raise ConfigError(f"recommendations: columns {', '.join(missing)} are missing; required: "
                           f"{', '.join(RANKING_COLUMNS)}")
+    twice = ranking[ranking.duplicated([*CELL, "strategy"], keep=False)]
+    if len(twice):
+        first = twice.iloc[0]
+        raise ConfigError(f"recommendations: {len(twice)} rows repeat a (dataset, init, fraction, strategy), e.g. "
+                          f"{first['dataset']} | {first['init']} | {first['fraction']:g} | {first['strategy']}; "
+                          "allowed: one row each")
 
 
 def ranked_vs_measured(measured: pd.DataFrame, ranking: pd.DataFrame, metric: str) -> pd.DataFrame:
