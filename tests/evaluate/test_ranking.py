@@ -75,6 +75,15 @@ def test_a_tied_top_is_a_random_pick_expected_regret_and_undefined_tau():
     assert cell["pick_is_best"] == pytest.approx(1 / 3) and math.isnan(cell["tau"])
 
 
+def test_the_rank_column_breaks_ties_in_score_and_unscored_strategies_are_left_out():
+    recs = recommended({"end_to_end": 1.0, Q2: 1.0, "linear": 0.0, Q3: float("nan")}).assign(rank=[2, 1, 3, 4])
+    scored = ranking.score_rankers(runs(MEASURED), recs, "auc", {})
+    table, cells = scored[ranking.RECOMMENDER]
+    assert table["strategy"].tolist() == [Q2, "end_to_end", "linear"]  # q3 has no score: not ranked
+    assert (cells.iloc[0]["pick"], cells.iloc[0]["regret"]) == (Q2, 0.0)
+    assert scored[ranking.END_TO_END][1].iloc[0]["n_strategies"] == 3  # the baselines rank the same strategies
+
+
 def test_a_pick_tied_with_the_measured_best_has_no_regret():
     measured = {"end_to_end": [0.80, 0.90], Q2: [0.85, 0.85], "linear": [0.70, 0.70]}
     table = ranking.ranked_vs_measured(ranking.measured_means(runs(measured), "auc"),

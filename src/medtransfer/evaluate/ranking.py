@@ -41,7 +41,8 @@ CELL_COLUMNS = ("n_strategies", "n_seeds", "tau", "pick", "best", "regret", "pic
 
 def measured_means(rows: pd.DataFrame, metric: str) -> pd.DataFrame:
     """Per (cell, strategy): ``mean`` of ``metric`` over the finished seeds with a defined value (rounded to
-    ``TIE_DECIMALS``, so that equal means summed in another order tie), and their number ``n``. Refuses a store mixing experiments (``integrity.check_one_experiment``): means never pool configs."""
+    ``TIE_DECIMALS``, so that equal means summed in another order tie), and their number ``n``. Refuses a store
+    mixing experiments (``integrity.check_one_experiment``): means never pool configs."""
     check_one_experiment(rows)
     if metric not in metric_names(rows):
         raise ConfigError(f"metric: {metric!r} is not in these results; allowed: {allowed(metric_names(rows))}")
@@ -69,15 +70,17 @@ def check_columns(ranking: pd.DataFrame) -> None:
 
 def ranked_vs_measured(measured: pd.DataFrame, ranking: pd.DataFrame, metric: str) -> pd.DataFrame:
     """One row per (cell, strategy) both ranked and measured: ``score``, ``predicted_rank`` and ``measured_rank``
-    (1 = best, ties share the lowest rank) among those strategies, ``mean`` and ``n``."""
+    (1 = best, ties share the lowest rank) among those strategies, ``mean`` and ``n``. The predicted order is the
+    ranking's ``rank`` column where it has one (the recommender breaks ties in score there), else its scores."""
     check_columns(ranking)
-    ranked = ranking.loc[ranking["score"].notna(), list(RANKING_COLUMNS)]
+    ranked = ranking.loc[ranking["score"].notna(), [*RANKING_COLUMNS, *(["rank"] if "rank" in ranking else [])]]
     both = measured.merge(ranked, on=[*CELL, "strategy"], how="inner")
+    both["order"] = both["rank"] if "rank" in both else -both["score"]
     cell = [k for k in measured.columns if k not in ("strategy", "mean", "n")]
-    lower = metric in LOWER_IS_BETTER
     groups = both.groupby(cell, sort=False)
-    both["predicted_rank"] = groups["score"].rank(ascending=False, method="min").astype(int)
-    both["measured_rank"] = groups["mean"].rank(ascending=lower, method="min").astype(int)
+    both["predicted_rank"] = groups["order"].rank(method="min").astype(int)
+    both["measured_rank"] = groups["mean"].rank(ascending=metric in LOWER_IS_BETTER, method="min").astype(int)
+    both = both.drop(columns=["order", *(["rank"] if "rank" in both else [])])
     return both.sort_values([*cell, "predicted_rank", "strategy"]).reset_index(drop=True)
 
 
@@ -124,8 +127,9 @@ def study_rule(ranking: pd.DataFrame, families: dict[str, str]) -> pd.DataFrame:
 def score_rankers(rows: pd.DataFrame, recommendations: pd.DataFrame, metric: str,
                   families: dict[str, str]) -> dict[str, tuple[pd.DataFrame, pd.DataFrame]]:
     """{ranker: (its ``ranked_vs_measured`` table, its ``cell_scores``)} for the recommender and both baselines,
-    all over the same ranked strategies."""
+    all over the same ranked strategies (those with a score)."""
     check_columns(recommendations)
+    recommendations = recommendations[recommendations["score"].notna()]
     measured = measured_means(rows, metric)
     rankings = {RECOMMENDER: recommendations, END_TO_END: always_end_to_end(recommendations),
                 STUDY_RULE: study_rule(recommendations, families)}
