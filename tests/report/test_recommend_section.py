@@ -12,7 +12,7 @@ from toy_experiment import write_experiment
 from medtransfer.bench.store import ResultStore
 from medtransfer.errors import ConfigError
 from medtransfer.report import analyse, report_folder
-from medtransfer.report.recommend import recommend_section
+from medtransfer.report.recommend import recommend_section, section_html
 
 Q2 = "range 0.25-0.5"
 SCORES = {"end_to_end": 4.0, Q2: 3.0, "truncate 0-0.75": 2.0, "linear": 1.0, "range 0.75-1": 9.0}  # q4: not run
@@ -69,3 +69,11 @@ def test_a_broken_recommendations_file_is_named(folder):
                          "seed": [0], "metric.auc": [0.7]})
     with pytest.raises(ConfigError, match=r"recommendations.csv: recommendations: columns fraction, strategy, score"):
         recommend_section(rows, folder, "auc")
+
+
+def test_recommendations_for_cells_the_grid_has_not_run_say_so(tmp_path):
+    write_experiment(tmp_path)
+    pd.DataFrame({"dataset": ["toy"], "init": ["random"], "fraction": [0.5], "strategy": ["linear"],
+                  "score": [1.0], "rank": [1]}).to_csv(tmp_path / "recommendations.csv", index=False)
+    section = recommend_section(ResultStore(tmp_path).rows(status=None), tmp_path, "auc")
+    assert section.cells.empty and "nothing to compare" in section_html(section, "auc")
