@@ -105,7 +105,8 @@ def cells_markdown(results: list[FolderScore]) -> list[str]:
         for c in result.cells.to_dict("records"):
             lines.append(f"| {result.name} | {c['dataset']} | {c['init']} ({c['family']}) | {c['fraction'] * 100:g}% "
                          f"| {c['pick']} | {c['best']} | {_number(c['tau'], 2)} | {_number(c['regret'])} "
-                         f"| {_number(c[f'regret ({e2e})'])} | {_number(c[f'regret ({rule})'])} ({c[f'pick ({rule})']}) |")
+                         f"| {_number(c[f'regret ({e2e})'])} | {_number(c[f'regret ({rule})'])} "
+                         f"({c[f'pick ({rule})']}) |")
     return lines
 
 

@@ -153,7 +153,8 @@ def test_fusions_failed_and_undefined_runs_are_left_out():
     fusion = runs({"end_to_end": [0.99]}, init="fusion").assign(config=[{"init": {"members": [{"init": "a"}]}}])
     failed = runs({"linear": [0.1]}).assign(status="failed", seed=7, config=[{"init": {}}])
     undefined = runs({Q2: [float("nan")]}).assign(seed=8, config=[{"init": {}}])
-    rows = pd.concat([rows.assign(status="done"), fusion.assign(status="done"), failed, undefined.assign(status="done")])
+    rows = pd.concat([rows.assign(status="done"), fusion.assign(status="done"), failed,
+                      undefined.assign(status="done")])
     means = ranking.measured_means(rows, "auc").set_index("strategy")
     assert set(ranking.measured_means(rows, "auc")["init"]) == {"simclr"}
     assert means.loc["linear", "mean"] == pytest.approx(0.71) and means.loc[Q2, "n"] == 2

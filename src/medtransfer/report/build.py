@@ -54,7 +54,8 @@ def analyse(rows: pd.DataFrame, metric: str | None = None, baseline: str = cmp.D
 
     ``rows`` is ``ResultStore(folder).rows(status=None)`` — all runs, so failed and unfinished ones are shown as
     missing — or any DataFrame with its columns. ``runs_folder`` (the experiment folder) adds training curves
-    from the runs' logs, and ``medtransfer recommend``'s ranking against the measured one when it holds one. ``metric`` defaults to auc when present.
+    from the runs' logs, and ``medtransfer recommend``'s ranking against the measured one when it holds one.
+    ``metric`` defaults to auc when present.
     """
     if not len(finished_runs(rows)):
         raise MedtransferError("no finished run to report on yet; run the experiment first")
