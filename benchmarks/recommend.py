@@ -9,6 +9,7 @@ metric of the best strategy minus that of the pick), then the summary over all c
 against the fine-tuning cost of the grid. Nothing is fitted to these grids: the recommender's combination is fixed.
 
     .venv/bin/python benchmarks/recommend.py                              # quarters_real + quarters, runs/NAME
+    .venv/bin/python benchmarks/recommend.py examples/quarters.yaml --root /data/runs   # reuse /data/runs/quarters
     .venv/bin/python benchmarks/recommend.py --folders runs/quarters-real runs/quarters --readme README.md
 """
 
@@ -123,9 +124,11 @@ def benchmark_block(results: list[FolderScore], metric: str, machine_text: str, 
     for r in results:
         probe, grid = r.costs.get("cost_s"), r.costs.get("grid_cost_s")
         share = f" ({probe / r.finetune_s:.1%} of it)" if probe is not None and r.finetune_s else ""
+        pretrain = (f" Pre-trainings {_seconds(r.costs['pretrain_s'])} in the recommender's run, not counted: the "
+                    "grid needs them too." if r.costs.get("pretrain_s") else "")
         lines.append(f"- {r.name}: probes {_seconds(probe)}, the recommender's grid cost {_seconds(grid)}; "
                      f"measured fine-tuning (fit + test) of the ranked inits' finished runs "
-                     f"{_seconds(r.finetune_s)}{share}.")
+                     f"{_seconds(r.finetune_s)}{share}.{pretrain}")
     loaded = f", load average before the run {load:.2f}" if load is not None else ""
     return "\n".join([*lines, "", f"Machine: {machine_text}{loaded}."])
 

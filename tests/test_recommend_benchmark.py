@@ -45,7 +45,8 @@ def experiment_folder(folder: Path) -> Path:
                    "rank": 5 - v, "probe": 0.5, "rgn": 1.0, "shift": 0.2, "cost_s": 6.0, "grid_cost_s": 96.0}
                   for init, scores in SCORES.items() for s, v in scores.items()]) \
         .to_csv(folder / "recommendations.csv", index=False)
-    (folder / "recommendations.json").write_text(json.dumps({"cost_s": 12.0, "grid_cost_s": 192.0, "version": 1}))
+    (folder / "recommendations.json").write_text(json.dumps({"cost_s": 12.0, "grid_cost_s": 192.0, "pretrain_s": 30.0,
+                                                                 "version": 1}))
     return folder
 
 
@@ -60,7 +61,8 @@ def test_block_scores_the_recommender_and_both_baselines_per_cell_and_overall(tm
     assert "| study rule | 2 | 0.71 | 0.000 | 100 % |" in lines  # tau 3 / sqrt(18) in both; simclr by its sidecar
     assert "| always end-to-end | 2 | 0.47 | 0.025 | 50 % |" in lines  # tau (1 / sqrt(18) + 3 / sqrt(18)) / 2
     assert "- quarters: probes 12 s, the recommender's grid cost 192 s; measured fine-tuning (fit + test) of the " \
-           "ranked inits' finished runs 192 s (6.2% of it)." in lines
+           "ranked inits' finished runs 192 s (6.2% of it). Pre-trainings 30 s in the recommender's run, not " \
+           "counted: the grid needs them too." in lines
     assert lines[-1] == "Machine: TESTCPU, 2 cores, load average before the run 0.50."
 
 
