@@ -27,7 +27,7 @@ from pathlib import Path
 import pandas as pd
 
 from medtransfer.bench.store import ResultStore
-from medtransfer.errors import ConfigError, MedtransferError
+from medtransfer.errors import ConfigError, MedtransferError, allowed
 from medtransfer.evaluate import ranking
 from medtransfer.report.coverage import finished_runs
 from medtransfer.report.recommend import cells_table, read_recommendations
@@ -51,13 +51,17 @@ class FolderScore:
 
 
 def parse_families(pairs: list[str]) -> dict[str, str]:
-    """``["simclr=contrastive", ...]`` -> {"simclr": "contrastive", ...}."""
+    """``["simclr=contrastive", ...]`` -> {"simclr": "contrastive", ...}; a family no pre-training method has is
+    refused (a typo would silently make the study's rule fine-tune end-to-end)."""
+    from medtransfer.pretrain import METHODS
+
+    known = sorted({method.family for method in METHODS.values()})
     families = {}
     for pair in pairs:
         init, sep, family = pair.partition("=")
-        if not sep or not init or not family:
-            raise ConfigError(f"--family: {pair!r} is not INIT=FAMILY; allowed families: contrastive, "
-                              "restorative, predictive, multi, supervised")
+        if not sep or not init or family not in known:
+            raise ConfigError(f"--family: {pair!r} is not INIT=FAMILY with a known family; allowed families: "
+                              f"{allowed(known)}")
         families[init] = family
     return families
 

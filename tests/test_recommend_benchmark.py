@@ -81,5 +81,7 @@ def test_folders_mode_rewrites_only_the_readme_block_without_training(tmp_path, 
 def test_bad_input_is_one_error_line(tmp_path, capsys):
     assert bench.main(["--folders", str(tmp_path)]) == 2
     assert capsys.readouterr().err.strip() == f"error: {tmp_path}: no results.sqlite; run the experiment into it first"
-    with pytest.raises(ConfigError, match="--family: 'simclr' is not INIT=FAMILY"):
-        bench.parse_families(["simclr"])
+    for bad in ("simclr", "simclr=contrastiv"):
+        with pytest.raises(ConfigError, match=f"--family: '{bad}' is not INIT=FAMILY with a known family; allowed "
+                                              "families: contrastive, multi, predictive, restorative, supervised"):
+            bench.parse_families([bad])
