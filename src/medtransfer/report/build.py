@@ -21,6 +21,7 @@ from medtransfer.report.coverage import RUN_KEYS, finished_runs, metric_names, m
 from medtransfer.report.integrity import check_one_experiment, grid_axes, select_config, warning_table, with_axes
 from medtransfer.report.html import esc, figure_html, frame_html, page, runs_html
 from medtransfer.report.provenance import compute_time, duration, machines_table, versions_table
+from medtransfer.report.recommend import RecommendSection, recommend_section, section_html, write_files
 
 
 @dataclass
@@ -40,6 +41,7 @@ class Analysis:
     class_gains: pd.DataFrame = field(default_factory=pd.DataFrame)  # report.imbalance: per class, vs the baseline
     notes: list[str] = field(default_factory=list)
     stacking: pd.DataFrame | None = None  # per training policy, each init against the baseline init
+    recommendation: RecommendSection | None = None  # the folder's recommendations.csv vs the measured ranks
 
 
 def _marker_legend() -> str:
@@ -52,7 +54,8 @@ def analyse(rows: pd.DataFrame, metric: str | None = None, baseline: str = cmp.D
 
     ``rows`` is ``ResultStore(folder).rows(status=None)`` — all runs, so failed and unfinished ones are shown as
     missing — or any DataFrame with its columns. ``runs_folder`` (the experiment folder) adds training curves
-    from the runs' logs. ``metric`` defaults to auc when present.
+    from the runs' logs, and ``medtransfer recommend``'s ranking against the measured one when it holds one.
+    ``metric`` defaults to auc when present.
     """
     if not len(finished_runs(rows)):
         raise MedtransferError("no finished run to report on yet; run the experiment first")
@@ -69,6 +72,7 @@ def analyse(rows: pd.DataFrame, metric: str | None = None, baseline: str = cmp.D
                       missing_runs(rows, metric), warning_table(finished_runs(rows)), fusion_table(rows, metric))
     if "policy" in grid_axes(finished_runs(rows)):
         result.stacking = stacking.stacking_table(rows, metric, base.init)
+    result.recommendation = recommend_section(rows, runs_folder, metric) if runs_folder else None
     _notes(result)
     _figures(result, runs_folder)
     return result
@@ -195,8 +199,9 @@ def build_report(rows: pd.DataFrame, output_dir: str | Path, metric: str | None 
                  baseline: str = cmp.DEFAULT_BASELINE, runs_folder: str | Path | None = None,
                  title: str = "medtransfer report") -> Path:
     """Write report.html and, beside it, summary.{csv,md,tex}, comparisons.{csv,md,tex}, missing_runs.csv,
-    stacking.{csv,md} (runs with training policies) and one PNG per figure into ``output_dir``; returns the path of
-    report.html. Arguments as in ``analyse``."""
+    stacking.{csv,md} (runs with training policies), recommendation_{ranks,scores}.csv (a ``runs_folder`` holding
+    recommendations.csv) and one PNG per figure into ``output_dir``; returns the path of report.html. Arguments as in
+    ``analyse``."""
     a = analyse(rows, metric, baseline, runs_folder)
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -218,6 +223,8 @@ def build_report(rows: pd.DataFrame, output_dir: str | Path, metric: str | None 
     if a.stacking is not None:
         a.stacking.to_csv(out / "stacking.csv", index=False)
         (out / "stacking.md").write_text(stacking.to_markdown(a.stacking, a.metric, a.baseline.init), encoding="utf-8")
+    if a.recommendation is not None:
+        write_files(a.recommendation, out)
     figures = []
     for name, caption, fig in a.figures:
         element, png = figure_html(fig, caption, name)
@@ -240,6 +247,8 @@ def build_report(rows: pd.DataFrame, output_dir: str | Path, metric: str | None 
         *([("fusions", f"Fusions against their members ({a.metric})", _fusions_html(a))] if len(a.fusions) else []),
         *([("stacking", f"Stacking: init gain per training policy ({a.metric})", _stacking_html(a))]
           if a.stacking is not None else []),
+        *([("recommend", f"Recommended vs measured strategy ranking ({a.metric})",
+            section_html(a.recommendation, a.metric))] if a.recommendation is not None else []),
         ("missing", "Missing runs", missing),
         ("warnings", "Warnings", frame_html(a.warnings, "warnings") if len(a.warnings) else
          "<p>None: no finished run stored a warning.</p>"),
