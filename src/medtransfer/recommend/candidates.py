@@ -12,6 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
+import numpy as np
+
 from medtransfer.finetune.strategies import Strategy, parse_strategy
 from medtransfer.finetune.strategies.depth_range import DepthRangeStrategy
 from medtransfer.finetune.strategies.truncate import Truncate
@@ -34,6 +36,14 @@ class Candidate:
     @property
     def label(self) -> str:
         return self.strategy.label()
+
+    def step_share(self, unit_seconds: np.ndarray) -> float:
+        """The share of an end-to-end training step this strategy's step costs: the units from its first trained
+        one to its read-out run forward and backward; a frozen prefix is computed once (``finetune/frozen.py``)
+        and units after a truncation are gone. 0 when nothing trains (features computed once)."""
+        if not self.trained:
+            return 0.0
+        return float(unit_seconds[min(self.trained):self.readout + 1].sum() / unit_seconds.sum())
 
 
 def ranked_strategies(strategies: list[Strategy], all_depths: bool) -> list[Strategy]:

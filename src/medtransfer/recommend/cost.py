@@ -3,9 +3,10 @@
 The runs are those the grid would make for the ranked strategies (every seed, policy and imbalance setting of the
 experiment). A finished run costs its measured ``timings.fit_s``; an unfinished one the mean measured ``fit_s`` of
 its strategy's finished runs in the same (dataset, init, fraction), and otherwise an estimate: epochs x steps per
-epoch x the seconds per training step measured during the gradient profile (``rgn.py``). The estimate leaves out
-validation passes and counts nothing for strategies that train no unit (linear, k-NN: features computed once), so
-it errs low and the budget holds against the grid as it really runs.
+epoch x the seconds per end-to-end training step measured during the gradient profile (``rgn.py``) x the strategy's
+share of that step (``Candidate.step_share``: only the units from its first trained one to its read-out run). The
+estimate leaves out validation passes and counts nothing for strategies that train no unit (linear, k-NN: features
+computed once), so it errs low and the budget holds against the grid as it really runs.
 """
 
 from __future__ import annotations
@@ -24,18 +25,19 @@ class GroupCost:
     """The grid's fine-tuning cost for one (dataset, init, fraction)."""
 
     runs: dict[str, list[str]]  # strategy label -> run ids of its runs in the grid
-    trains: dict[str, bool]  # strategy label -> whether it trains any backbone unit
     steps_per_run: int  # training steps of one run (epochs x steps per epoch)
     measured: dict[str, float] = field(default_factory=dict)  # run id -> fit_s of the finished runs
 
-    def total(self, seconds_per_step: float) -> float:
+    def total(self, seconds_per_step: float, step_share: dict[str, float]) -> float:
+        """The grid's cost, given an end-to-end step's seconds and each strategy's share of it (0: trains no
+        unit)."""
         total = 0.0
         for label, ids in self.runs.items():
             known = [self.measured[i] for i in ids if i in self.measured]
             if known:
                 total += sum(known) + (len(ids) - len(known)) * float(np.mean(known))
-            elif self.trains[label]:
-                total += len(ids) * self.steps_per_run * seconds_per_step
+            else:
+                total += len(ids) * self.steps_per_run * seconds_per_step * step_share[label]
         return total
 
     @property

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import torch
 
@@ -18,18 +20,27 @@ def pool_map(backbone: Backbone, x: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def unit_features(backbone: Backbone, images: np.ndarray, preprocess: Preprocess, view: str) -> list[np.ndarray]:
+def unit_features(backbone: Backbone, images: np.ndarray, preprocess: Preprocess, view: str,
+                  unit_seconds: np.ndarray | None = None) -> list[np.ndarray]:
     """(N, channels) float64 pooled features after the last step of each unit of ``view``, backbone in eval mode
-    (BatchNorm on its running statistics, as a frozen unit runs in fine-tuning), no augmentation."""
+    (BatchNorm on its running statistics, as a frozen unit runs in fine-tuning), no augmentation.
+
+    ``unit_seconds`` (one entry per unit), when given, is increased by the time each unit's steps took."""
     was_training = backbone.training
     backbone.eval()
+    unit_of = {i: u for u, group in enumerate(backbone.view(view)) for i in group}
     ends = {group[-1]: u for u, group in enumerate(backbone.view(view))}
     out: list[list[np.ndarray]] = [[] for _ in ends]
     device = next(backbone.parameters()).device
     for start in range(0, len(images), BATCH):
         x = preprocess(torch.from_numpy(images[start:start + BATCH]).to(device))
         for i, step in enumerate(backbone.steps):
+            start = time.perf_counter()
             x = backbone.run_step(step, x)
+            if unit_seconds is not None:
+                if x.is_cuda:
+                    torch.cuda.synchronize()
+                unit_seconds[unit_of[i]] += time.perf_counter() - start
             if i in ends:
                 out[ends[i]].append(pool_map(backbone, x).double().cpu().numpy())
     backbone.train(was_training)

@@ -71,9 +71,10 @@ def _probe_group(cfg, prepared, ds_cfg, label, init, fraction, candidates, cost,
     indices = prepared.subsets[label, fraction, seed]
 
     train_before = unit_features(backbone, data.train.images[indices], preprocess, view)
-    val_start = time.perf_counter()
-    val_before = unit_features(backbone, data.val.images, preprocess, view)
-    val_s = time.perf_counter() - val_start  # the shift needs one more such pass: reserved from the budget
+    unit_seconds = np.zeros(len(backbone.view(view)))
+    val_before = unit_features(backbone, data.val.images, preprocess, view, unit_seconds)
+    reserve_s = 2 * float(unit_seconds.sum())  # the shift's own pass over val, twice for safety: held back
+    step_share = {c.label: c.step_share(unit_seconds) for c in candidates}
     probe = unit_probe_scores(train_before, data.train.labels[indices], val_before, data.val.labels, data.task,
                               data.num_classes, monitor, seed)
 
@@ -83,14 +84,15 @@ def _probe_group(cfg, prepared, ds_cfg, label, init, fraction, candidates, cost,
     targets = (targets.float() if data.task == "multilabel" else targets.long()).to(device)
     images = torch.from_numpy(data.train.images[indices]).to(device)
 
-    def over_budget(seconds_per_step: float) -> bool:
-        return time.perf_counter() - start + val_s >= budget * cost.total(seconds_per_step)
+    def over_budget(seconds_per_step: float) -> bool:  # would one more step and the shift's pass overrun it?
+        spent = time.perf_counter() - start + seconds_per_step + reserve_s
+        return spent > budget * cost.total(seconds_per_step, step_share)
 
     profile = gradient_profile(module, view, images, targets, cfg.train.lr, cfg.train.batch_size, steps, seed,
                                stop=over_budget)
     shift = unit_shifts(val_before, unit_features(backbone, data.val.images, preprocess, view))
     table = borda(strategy_signals(candidates, probe, profile.rgn, shift), monitor)
-    cost_s, grid_cost_s = time.perf_counter() - start, cost.total(profile.seconds_per_step)
+    cost_s, grid_cost_s = time.perf_counter() - start, cost.total(profile.seconds_per_step, step_share)
     signals = {"monitor": monitor, "view": view, "probe": probe.tolist(), "rgn": profile.rgn.tolist(),
                "shift": shift.tolist(), "steps": profile.steps, "stopped_by_budget": profile.stopped_early,
                "seconds_per_step": profile.seconds_per_step, "cost_s": cost_s, "grid_cost_s": grid_cost_s,

@@ -39,7 +39,7 @@ def _refuse_segmentation(cfg: ExperimentConfig, prepared: Prepared) -> None:
                               "only (its probes score a linear classifier); allowed: classification datasets")
 
 
-def _group_costs(cfg: ExperimentConfig, prepared: Prepared, strategies, candidates, folder: Path) -> dict:
+def _group_costs(cfg: ExperimentConfig, prepared: Prepared, strategies, folder: Path) -> dict:
     """(dataset label, init name, fraction) -> the grid cost of the ranked strategies' runs there."""
     grid = cfg.model_copy(update={"strategies": strategies})
     measured = measured_fit_seconds(folder)
@@ -52,8 +52,7 @@ def _group_costs(cfg: ExperimentConfig, prepared: Prepared, strategies, candidat
     for (label, init, fraction), by_strategy in runs.items():
         n_train = len(prepared.subsets[label, fraction, cfg.seeds[0]])
         costs[label, init, fraction] = GroupCost(
-            dict(by_strategy), {c.label: bool(c.trained) for c in candidates[label]},
-            steps_per_run(n_train, cfg.train.epochs, cfg.train.batch_size, cfg.train.min_samples_per_epoch),
+            dict(by_strategy), steps_per_run(n_train, cfg.train.epochs, cfg.train.batch_size, cfg.train.min_samples_per_epoch),
             {i: measured[i] for ids in by_strategy.values() for i in ids if i in measured})
     return costs
 
@@ -86,7 +85,7 @@ def recommend(cfg: ExperimentConfig, folder: str | Path | None = None, budget: f
     start = time.perf_counter()
     run_pretrainings(cfg, prepared, folder, verbose)
     pretrain_s = time.perf_counter() - start
-    costs = _group_costs(cfg, prepared, strategies, candidates, folder)
+    costs = _group_costs(cfg, prepared, strategies, folder)
     tables, signals = [], {}
     for ds_cfg, label in zip(cfg.datasets, dataset_labels(cfg.datasets)):
         for init in inits:
