@@ -42,6 +42,13 @@ class GroupResult:
     grid_cost_s: float
 
 
+def build_backbone(cfg: ExperimentConfig, prepared: Prepared, label: str):
+    """A fresh backbone of the experiment for dataset ``label``, as ``run_one`` builds it (random weights)."""
+    data = prepared.data[label]
+    return create_backbone(cfg.backbone.name, data.in_chans, prepared.input_size[label], cfg.backbone.small_stem,
+                           spatial_dims=data.spatial_dims)
+
+
 def _device(cfg: ExperimentConfig) -> torch.device:
     gpu = cfg.hardware.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
     return torch.device("cuda" if gpu else "cpu")
@@ -59,8 +66,7 @@ def _probe_group(cfg, prepared, ds_cfg, label, init, fraction, candidates, cost,
     seed, data, device = cfg.seeds[0], prepared.data[label], _device(cfg)
     monitor = resolve_monitor(cfg.train, data.task)
     L.seed_everything(seed, workers=True, verbose=False)
-    backbone = create_backbone(cfg.backbone.name, data.in_chans, prepared.input_size[label], cfg.backbone.small_stem,
-                               spatial_dims=data.spatial_dims)
+    backbone = build_backbone(cfg, prepared, label)
     normalisation = prepared.init_normalisation[init.name].for_channels(data.in_chans)
     if prepared.init_files[init.name] is not None:
         load_init(backbone, prepared.init_files[init.name], normalisation=prepared.init_normalisation[init.name])

@@ -13,12 +13,12 @@ from pathlib import Path
 import pandas as pd
 
 from medtransfer.bench.grid import dataset_labels, expand
-from medtransfer.bench.runner import Prepared, _build, prepare, quiet_lightning, run_identity, run_pretrainings
+from medtransfer.bench.runner import Prepared, prepare, quiet_lightning, run_identity, run_pretrainings
 from medtransfer.config import ExperimentConfig
 from medtransfer.errors import ConfigError
 from medtransfer.recommend.candidates import Candidate, describe, ranked_strategies
 from medtransfer.recommend.cost import GroupCost, measured_fit_seconds, steps_per_run
-from medtransfer.recommend.group import probe_group
+from medtransfer.recommend.group import build_backbone, probe_group
 from medtransfer.recommend.output import COLUMNS, write_outputs
 
 DEFAULT_STEPS = 300  # "a few hundred" steps of the gradient profile (Lee et al. 2023), cut to the budget
@@ -79,7 +79,7 @@ def recommend(cfg: ExperimentConfig, folder: str | Path | None = None, budget: f
     strategies = ranked_strategies(cfg.strategies, all_depths)
     candidates: dict[str, list[Candidate]] = {}
     for label, data in prepared.data.items():  # a range selecting no unit fails here, before any pre-training
-        build = partial(_build, cfg, prepared, label)
+        build = partial(build_backbone, cfg, prepared, label)
         view = cfg.backbone.view or build().default_view
         candidates[label] = [describe(s, build, view, data.num_classes) for s in strategies]
     start = time.perf_counter()
