@@ -59,6 +59,7 @@ def test_the_json_holds_per_unit_signals_and_totals(ranked):
     group = summary["signals"]["synthetic2d"]["random"]["0.5"]
     assert len(group["probe"]) == len(group["rgn"]) == len(group["shift"]) == 4
     assert group["steps"] == 6 and not group["stopped_by_budget"] and group["grid_cost"] == "estimated"
+    assert not group["over_budget"]
     assert group["candidates"]["range 0.25-0.5"] == {"trained": [1], "readout": 3,
                                                      "trainable_params": group["candidates"]["range 0.25-0.5"]
                                                      ["trainable_params"]}
@@ -77,7 +78,7 @@ def test_the_same_numbers_twice(ranked, tmp_path):
 def test_a_binding_budget_cuts_the_gradient_profile_and_says_so(tmp_path):
     recommend(experiment(label_fractions=[1.0]), tmp_path, budget=1e-6, steps=50)
     group = json.loads((tmp_path / "recommendations.json").read_text())["signals"]["synthetic2d"]["random"]["1"]
-    assert group["steps"] == 1 and group["stopped_by_budget"]
+    assert group["steps"] == 1 and group["stopped_by_budget"] and group["over_budget"]
 
 
 def test_segmentation_is_refused_by_name_before_any_work(tmp_path):

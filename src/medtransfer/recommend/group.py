@@ -102,7 +102,7 @@ def _probe_group(cfg, prepared, ds_cfg, label, init, fraction, candidates, cost,
     signals = {"monitor": monitor, "view": view, "probe": probe.tolist(), "rgn": profile.rgn.tolist(),
                "shift": shift.tolist(), "steps": profile.steps, "stopped_by_budget": profile.stopped_early,
                "seconds_per_step": profile.seconds_per_step, "cost_s": cost_s, "grid_cost_s": grid_cost_s,
-               "grid_cost": cost.source, "n_train": int(len(indices)), "seed": seed,
+               "grid_cost": cost.source, "over_budget": cost_s > budget * grid_cost_s, "n_train": int(len(indices)), "seed": seed,
                "candidates": {c.label: {"trained": list(c.trained), "readout": c.readout,
                                         "trainable_params": c.trainable_params} for c in candidates}}
     return GroupResult(table, signals, cost_s, grid_cost_s)

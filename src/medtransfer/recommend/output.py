@@ -50,6 +50,8 @@ def format_recommendations(table: pd.DataFrame, summary: dict) -> str:
         group = summary["signals"][dataset][init][f"{fraction:g}"]
         share = f"{cost / grid:.1%} of" if grid > 0 else "vs"
         cut = f", gradient profile cut to {group['steps']} steps by the budget" if group["stopped_by_budget"] else ""
+        if group["over_budget"]:
+            cut += "; over the budget: the fixed probes alone cost more than it allows (a grid this small)"
         lines = [f"{dataset} | {init} | fraction {fraction:g}: probes {cost:.1f} s = {share} the grid's "
                  f"{grid:.1f} s ({group['grid_cost']}){cut}",
                  f"  {'rank':>4}  {'strategy':<28} {'score':>6} {'probe':>7} {'rgn':>6} {'shift':>6}"]
