@@ -76,13 +76,17 @@ def _probe_group(cfg, prepared, ds_cfg, label, init, fraction, candidates, cost,
     backbone.to(device)
     indices = prepared.subsets[label, fraction, seed]
 
+    phases = {"setup": time.perf_counter() - start}  # seconds per phase, to see where the budget went
     train_before = unit_features(backbone, data.train.images[indices], preprocess, view)
     unit_seconds = np.zeros(len(backbone.view(view)))
+    val_start = time.perf_counter()
     val_before = unit_features(backbone, data.val.images, preprocess, view, unit_seconds)
-    reserve_s = 2 * float(unit_seconds.sum())  # the shift's own pass over val, twice for safety: held back
+    reserve_s = 2 * (time.perf_counter() - val_start)  # the shift's own pass over val, twice for safety: held back
     step_share = {c.label: c.step_share(unit_seconds) for c in candidates}
+    phases["features"] = time.perf_counter() - start - phases["setup"]
     probe = unit_probe_scores(train_before, data.train.labels[indices], val_before, data.val.labels, data.task,
                               data.num_classes, monitor, seed)
+    phases["probe"] = time.perf_counter() - start - sum(phases.values())
 
     model = Classifier(backbone, data.num_classes, dropout=cfg.train.dropout).to(device)
     module = FineTuner(model, data.task, EndToEnd(), view, cfg.train, preprocess)
@@ -96,13 +100,16 @@ def _probe_group(cfg, prepared, ds_cfg, label, init, fraction, candidates, cost,
 
     profile = gradient_profile(module, view, images, targets, cfg.train.lr, cfg.train.batch_size, steps, seed,
                                stop=over_budget)
+    phases["gradient"] = time.perf_counter() - start - sum(phases.values())
     shift = unit_shifts(val_before, unit_features(backbone, data.val.images, preprocess, view))
     table = borda(strategy_signals(candidates, probe, profile.rgn, shift), monitor)
+    phases["shift"] = time.perf_counter() - start - sum(phases.values())
     cost_s, grid_cost_s = time.perf_counter() - start, cost.total(profile.seconds_per_step, step_share)
     signals = {"monitor": monitor, "view": view, "probe": probe.tolist(), "rgn": profile.rgn.tolist(),
                "shift": shift.tolist(), "steps": profile.steps, "stopped_by_budget": profile.stopped_early,
                "seconds_per_step": profile.seconds_per_step, "cost_s": cost_s, "grid_cost_s": grid_cost_s,
-               "grid_cost": cost.source, "over_budget": cost_s > budget * grid_cost_s, "n_train": int(len(indices)), "seed": seed,
+               "grid_cost": cost.source, "over_budget": cost_s > budget * grid_cost_s, "phases_s": phases,
+               "n_train": int(len(indices)), "seed": seed,
                "candidates": {c.label: {"trained": list(c.trained), "readout": c.readout,
                                         "trainable_params": c.trainable_params} for c in candidates}}
     return GroupResult(table, signals, cost_s, grid_cost_s)
