@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import roc_auc_score
+from sklearn.metrics import log_loss, roc_auc_score
 from sklearn.preprocessing import StandardScaler
 
 from medtransfer.config import TrainConfig
@@ -116,6 +116,8 @@ def test_probe_score_equals_sklearn_fit_and_auc_by_hand():
     expected = roc_auc_score(val_y, model.predict_proba(scaler.transform(val_x))[:, 1])
     got = probe_score(train_x, train_y, val_x, val_y, "binary", 2, "auc", seed=0)
     assert got == pytest.approx(expected) and got > 0.6
+    loss = log_loss(val_y, model.predict_proba(scaler.transform(val_x)))  # the monitor "loss": cross-entropy
+    assert probe_score(train_x, train_y, val_x, val_y, "binary", 2, "loss", seed=0) == pytest.approx(loss)
 
 
 def test_probe_keeps_a_class_missing_from_the_subset_in_its_column():
@@ -140,3 +142,15 @@ def test_unit_features_end_with_the_backbones_own_pooled_output():
         pooled = backbone((images.float() / 255.0 - 0.5) / 0.5)
     np.testing.assert_allclose(feats[-1], pooled.numpy(), rtol=1e-5, atol=1e-6)
     assert (seconds > 0).all()
+
+
+def test_multilabel_probe_is_one_logistic_regression_per_label_scored_by_mean_auc():
+    rng = np.random.default_rng(2)
+    train_y, val_y = rng.integers(0, 2, (40, 3)), rng.integers(0, 2, (30, 3))
+    train_x, val_x = rng.normal(size=(40, 4)) + train_y @ np.eye(3, 4), rng.normal(size=(30, 4)) + val_y @ np.eye(3, 4)
+    scaler = StandardScaler().fit(train_x)
+    aucs = [roc_auc_score(val_y[:, k], LogisticRegression(max_iter=MAX_ITER, random_state=0)
+                          .fit(scaler.transform(train_x), train_y[:, k]).predict_proba(scaler.transform(val_x))[:, 1])
+            for k in range(3)]
+    got = probe_score(train_x, train_y, val_x, val_y, "multilabel", 3, "auc", seed=0)
+    assert got == pytest.approx(np.mean(aucs))
