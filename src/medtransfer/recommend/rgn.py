@@ -52,7 +52,8 @@ def gradient_profile(module: FineTuner, view: str, images: torch.Tensor, targets
                      stop: Callable[[float], bool] = lambda seconds_per_step: False) -> GradientProfile:
     """Fine-tune ``module.model`` end to end on (uint8 ``images``, ``targets``) for up to ``steps`` steps.
 
-    ``stop(seconds_per_step)`` is asked after every step whether another one is affordable; the model is changed in place (``shift.py`` reads it).
+    ``stop(seconds_per_step)`` is asked after every step whether another one is affordable; the model is changed
+    in place (``shift.py`` reads it).
     """
     model = module.model
     units = model.backbone.unit_parameters(view)

@@ -51,9 +51,9 @@ def _group_costs(cfg: ExperimentConfig, prepared: Prepared, strategies, folder: 
     costs = {}
     for (label, init, fraction), by_strategy in runs.items():
         n_train = len(prepared.subsets[label, fraction, cfg.seeds[0]])
-        costs[label, init, fraction] = GroupCost(
-            dict(by_strategy), steps_per_run(n_train, cfg.train.epochs, cfg.train.batch_size, cfg.train.min_samples_per_epoch),
-            {i: measured[i] for ids in by_strategy.values() for i in ids if i in measured})
+        per_run = steps_per_run(n_train, cfg.train.epochs, cfg.train.batch_size, cfg.train.min_samples_per_epoch)
+        costs[label, init, fraction] = GroupCost(dict(by_strategy), per_run, {
+            i: measured[i] for ids in by_strategy.values() for i in ids if i in measured})
     return costs
 
 
