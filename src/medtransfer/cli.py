@@ -1,5 +1,4 @@
-"""``medtransfer`` command line: a thin layer over the Python API (run, recommend, pretrain, results, describe,
-list)."""
+"""``medtransfer`` command line: a thin layer over the Python API (run, pretrain, results, describe, list)."""
 
 from __future__ import annotations
 
