@@ -62,3 +62,12 @@ def test_all_depths_when_asked_or_when_no_strategy_chooses_a_depth():
     with_knn = ranked_strategies([parse_strategy("knn"), parse_strategy("q2")], all_depths=True)
     assert [s.label() for s in with_knn] == ["knn k=20 T=0.07", "range 0.25-0.5"] + [
         label for label in expected if label != "range 0.25-0.5"]
+
+
+@pytest.mark.parametrize("name, size, view", [("vit_micro", (16, 16), "block"), ("resnet_tiny_3d", (12, 12, 12),
+                                                                                "stage")])
+def test_the_same_reading_for_a_vit_and_a_3d_backbone(name, size, view):
+    other = partial(create_backbone, name, 1, size, False, spatial_dims=len(size))
+    q2 = describe(parse_strategy("q2"), other, view, num_outputs=2)
+    cut = describe(parse_strategy({"name": "truncate", "keep": "0-0.5"}), other, view, num_outputs=2)
+    assert (q2.trained, q2.readout) == ((1,), 3) and (cut.trained, cut.readout) == ((0, 1), 1)
