@@ -154,3 +154,14 @@ def test_multilabel_probe_is_one_logistic_regression_per_label_scored_by_mean_au
             for k in range(3)]
     got = probe_score(train_x, train_y, val_x, val_y, "multilabel", 3, "auc", seed=0)
     assert got == pytest.approx(np.mean(aucs))
+
+
+def test_a_vits_last_unit_is_read_as_its_head_reads_it():
+    torch.manual_seed(0)
+    backbone = create_backbone("vit_micro", 1, (16, 16), False).eval()
+    images, _ = fixed_batch(4)
+    feats = unit_features(backbone, images.numpy(), Preprocess(2, size=(16, 16)), "block")
+    with torch.no_grad():
+        pooled = backbone((images.float() / 255.0 - 0.5) / 0.5)
+    np.testing.assert_allclose(feats[-1], pooled.numpy(), rtol=1e-5, atol=1e-6)
+    assert feats[0].shape == (4, 32)  # earlier units: patch tokens averaged

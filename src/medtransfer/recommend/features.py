@@ -14,8 +14,8 @@ BATCH = 256
 
 
 def pool_map(backbone: Backbone, x: torch.Tensor) -> torch.Tensor:
-    """A step output as one vector per image: its map (``to_map``; a ViT's patch tokens) averaged over space. The
-    same rule at every depth, so units of one network are compared on equal terms."""
+    """An intermediate step output as one vector per image: its map (``to_map``; a ViT's patch tokens) averaged over
+    space, as a truncated network's head reads it (global average pooling)."""
     return backbone.to_map(x).flatten(2).mean(2)
 
 
@@ -23,7 +23,8 @@ def pool_map(backbone: Backbone, x: torch.Tensor) -> torch.Tensor:
 def unit_features(backbone: Backbone, images: np.ndarray, preprocess: Preprocess, view: str,
                   unit_seconds: np.ndarray | None = None) -> list[np.ndarray]:
     """(N, channels) float64 pooled features after the last step of each unit of ``view``, backbone in eval mode
-    (BatchNorm on its running statistics, as a frozen unit runs in fine-tuning), no augmentation.
+    (BatchNorm on its running statistics, as a frozen unit runs in fine-tuning), no augmentation. The last unit is
+    pooled by the backbone itself (a ViT's final norm and token pooling), as every untruncated head reads it.
 
     ``unit_seconds`` (one entry per unit), when given, is increased by the time each unit's steps took."""
     was_training = backbone.training
@@ -42,6 +43,8 @@ def unit_features(backbone: Backbone, images: np.ndarray, preprocess: Preprocess
                     torch.cuda.synchronize()
                 unit_seconds[unit_of[i]] += time.perf_counter() - start
             if i in ends:
-                out[ends[i]].append(pool_map(backbone, x).double().cpu().numpy())
+                last = i + 1 == len(backbone.steps)  # exactly what a head on the whole network reads
+                pooled = backbone.pool(backbone.finish(x)) if last else pool_map(backbone, x)
+                out[ends[i]].append(pooled.double().cpu().numpy())
     backbone.train(was_training)
     return [np.concatenate(parts) for parts in out]
