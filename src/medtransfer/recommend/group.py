@@ -57,6 +57,8 @@ def _device(cfg: ExperimentConfig) -> torch.device:
 def probe_group(cfg: ExperimentConfig, prepared: Prepared, ds_cfg: DatasetConfig, label: str, init: InitConfig,
                 fraction: float, candidates: list[Candidate], cost: GroupCost, budget: float,
                 steps: int) -> GroupResult:
+    """Probe ``init`` on dataset ``label`` at ``fraction``, within ``budget`` x ``cost``; on the GPU when there is
+    one, in float32, with the run's CPU thread count."""
     with torch_threads(cfg.hardware.cpus_per_run):
         return _probe_group(cfg, prepared, ds_cfg, label, init, fraction, candidates, cost, budget, steps)
 
