@@ -68,6 +68,25 @@ def _say_missing_folders(store) -> None:
               "redone; their training logs (training curves) and test predictions are gone")
 
 
+def _recommend(args) -> int:
+    import json
+
+    from medtransfer.config import ExperimentConfig
+    from medtransfer.config_files import load_config
+    from medtransfer.recommend import recommend
+    from medtransfer.recommend.output import format_recommendations
+    from medtransfer.recommend.run import check_arguments
+
+    check_arguments(args.budget, args.steps)  # bad flags fail before the experiment file is even read
+    cfg = load_config(args.experiment, ExperimentConfig)
+    folder = Path(args.output or cfg.output or Path("runs") / cfg.name)
+    table = recommend(cfg, folder, budget=args.budget, steps=args.steps, all_depths=args.all_depths,
+                      verbose=args.verbose)
+    print(format_recommendations(table, json.loads((folder / "recommendations.json").read_text())))
+    print(f"recommendations: {(folder / 'recommendations.csv').resolve()}")
+    return 0
+
+
 def _pretrain(args) -> int:
     from medtransfer.bench.runner import quiet_lightning
     from medtransfer.config import PretrainConfig
@@ -201,6 +220,21 @@ def build_parser() -> argparse.ArgumentParser:
                      "(hardware.executor: ray)")
     run.add_argument("--address", help="run the runs as Ray tasks on this Ray cluster: 'auto' or HOST:PORT")
     run.set_defaults(func=_run)
+
+    rec = sub.add_parser("recommend", help="rank the fine-tuning strategies from cheap probes, before the grid",
+                         description="Predict, per dataset, init and label fraction, which strategies (depths) to "
+                         "fine-tune from per-unit linear probes, relative gradient norms and representation shift, "
+                         "spending at most --budget of the grid's fine-tuning time; writes recommendations.csv/.json "
+                         "into the experiment folder.")
+    rec.add_argument("experiment", type=Path, help="experiment YAML file")
+    rec.add_argument("--output", type=Path, help="experiment folder (default: 'output' in the file, or runs/NAME)")
+    rec.add_argument("--budget", type=float, default=0.1, help="probe time as a share of the grid's fine-tuning "
+                     "time (default: 0.1)")
+    rec.add_argument("--steps", type=int, default=300, help="most steps of the gradient profile (default: 300)")
+    rec.add_argument("--all-depths", action="store_true", help="rank end-to-end, linear, each quarter and the "
+                     "0-25/50/75 %% truncations besides the experiment's strategies")
+    rec.add_argument("--verbose", action="store_true", help="show pre-training output and per-group progress")
+    rec.set_defaults(func=_recommend)
 
     pre = sub.add_parser("pretrain", help="self-supervised pre-training of a backbone",
                          description="Pre-train a backbone on a dataset's images (labels unused) with one of the "
