@@ -1,0 +1,73 @@
+"""A grid run killed mid-way resumes in its run folder — sequentially and as a Ray task run again — and stores the
+numbers of the same run never interrupted, saying where it was resumed."""
+
+import signal
+
+import numpy as np
+import pytest
+
+from medtransfer.bench.grid import expand
+from medtransfer.bench.ray_tasks import train_task
+from medtransfer.bench.runner import run_experiment
+from medtransfer.bench.store import ResultStore
+from medtransfer.config import ExperimentConfig
+from medtransfer.config_files import validate_config
+from medtransfer.data.normalisation import DEFAULT
+from medtransfer.finetune.module import FineTuner
+from medtransfer.finetune.resume import STATE_FILE
+from medtransfer.interrupts import Interrupted
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+CONFIG = {"name": "resume", "datasets": [{"name": "synthetic2d", "n_train": 64, "n_val": 32, "n_test": 32, "size": 16}],
+          "backbone": {"name": "resnet_tiny"}, "inits": ["random"], "strategies": ["end_to_end"],
+          "label_fractions": [1.0], "seeds": [0], "train": {"epochs": 3, "batch_size": 16, "augment": "light"},
+          "hardware": {"accelerator": "cpu"}}
+
+
+def interrupt_in_epoch_1(monkeypatch):
+    step = FineTuner.training_step
+
+    def killing_step(self, batch, batch_idx):
+        if self.current_epoch == 1:
+            raise Interrupted(signal.SIGTERM)
+        return step(self, batch, batch_idx)
+    monkeypatch.setattr(FineTuner, "training_step", killing_step)
+
+
+def stored(folder):
+    store = ResultStore(folder)
+    row = store.rows().iloc[0]
+    return row, dict(np.load(store.run_dir(row["run_id"]) / "test_predictions.npz"))
+
+
+def test_an_interrupted_grid_run_resumes_and_stores_the_uninterrupted_numbers(tmp_path, monkeypatch):
+    cfg = validate_config(CONFIG, ExperimentConfig)
+    run_experiment(cfg, tmp_path / "whole", progress=False)
+    with monkeypatch.context() as patch:
+        interrupt_in_epoch_1(patch)
+        with pytest.raises(Interrupted):
+            run_experiment(cfg, tmp_path / "resumed", progress=False)
+    assert ResultStore(tmp_path / "resumed").rows(status="interrupted").shape[0] == 1
+    run_experiment(cfg, tmp_path / "resumed", progress=False)
+    (whole, whole_pred), (resumed, resumed_pred) = stored(tmp_path / "whole"), stored(tmp_path / "resumed")
+    assert resumed["run_id"] == whole["run_id"]
+    assert resumed["extra"]["resumed_from_epoch"] == [1] and "resumed_from_epoch" not in whole["extra"]
+    assert resumed["metrics"] == whole["metrics"] and resumed["per_class"] == whole["per_class"]
+    assert resumed["extra"]["best_epoch"] == whole["extra"]["best_epoch"]
+    for key, value in whole_pred.items():
+        assert np.array_equal(resumed_pred[key], value), key
+    assert not (ResultStore(tmp_path / "resumed").run_dir(resumed["run_id"]) / STATE_FILE).exists()
+
+
+def test_a_ray_task_run_again_in_its_run_folder_resumes(tmp_path, monkeypatch):
+    """What a retried Ray task does (``max_retries``): ``train_task`` again on the same run folder."""
+    cfg = validate_config(CONFIG, ExperimentConfig)
+    spec = expand(cfg)[0]
+    with monkeypatch.context() as patch:
+        interrupt_in_epoch_1(patch)
+        with pytest.raises(Interrupted):
+            train_task(cfg, spec, None, DEFAULT, str(tmp_path), verbose=False)
+    assert (tmp_path / STATE_FILE).exists()
+    again = train_task(cfg, spec, None, DEFAULT, str(tmp_path), verbose=False)
+    assert again["extra"]["resumed_from_epoch"] == [1] and again["extra"]["epochs_run"] == 3
+    assert not (tmp_path / STATE_FILE).exists()
