@@ -14,6 +14,7 @@ import argparse
 import platform
 import statistics
 import tempfile
+import time
 from pathlib import Path
 
 import lightning as L
@@ -23,7 +24,6 @@ import torch
 from medtransfer.bench.runner import quiet_lightning
 from medtransfer.config import HardwareConfig, TrainConfig
 from medtransfer.data.synthetic import synthetic2d
-from medtransfer.finetune import resume
 from medtransfer.finetune.strategies import parse_strategy
 from medtransfer.finetune.train import fine_tune
 from medtransfer.models.factory import create_backbone
@@ -31,21 +31,28 @@ from medtransfer.models.factory import create_backbone
 NEVER_S = 1e9  # a period no run reaches: no state written
 
 
-def one_run(data, args, strategy: str, every_s: float, workdir: Path) -> tuple[float, int]:
-    """(fit seconds, bytes of the last state written, 0 if none)."""
+def one_run(data, args, strategy: str, every_s: float, workdir: Path) -> tuple[float, list[tuple[float, int]]]:
+    """(fit seconds, [(seconds, bytes) of each resume state written]) — each state timed on its own, which machine
+    load disturbs far less than the difference of two fit times."""
     L.seed_everything(0, verbose=False)
     backbone = create_backbone(args.backbone, 1, data.image_size, small_stem=args.small_stem)
     cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=1e-3, schedule="cosine",
                       min_samples_per_epoch=args.samples_per_epoch)
-    written = []
-    replace = resume.os.replace
-    resume.os.replace = lambda src, dst: (written.append(Path(src).stat().st_size), replace(src, dst))
+    states = []
+    save = L.Trainer.save_checkpoint
+
+    def timed_save(trainer, path, *rest, **kw):
+        start = time.perf_counter()
+        save(trainer, path, *rest, **kw)
+        if Path(path).suffix == ".tmp":  # the resume state (the best checkpoint is saved by the same call)
+            states.append((time.perf_counter() - start, Path(path).stat().st_size))
+    L.Trainer.save_checkpoint = timed_save
     try:
         result = fine_tune(data, np.arange(args.n_train), backbone, parse_strategy(strategy), backbone.default_view,
                            cfg, HardwareConfig(accelerator="cpu", resume_every_s=every_s), 0, workdir)
     finally:
-        resume.os.replace = replace
-    return result.timings["fit_s"], (written[-1] if written else 0)
+        L.Trainer.save_checkpoint = save
+    return result.timings["fit_s"], states
 
 
 def main() -> None:
@@ -68,18 +75,21 @@ def main() -> None:
           f"{args.size} px, {args.epochs} epochs of {args.samples_per_epoch} samples, batch {args.batch_size}")
     for strategy in args.strategies:
         times: dict[str, list[float]] = {"every epoch": [], "none": []}
-        size = 0
+        states = []
         for _ in range(args.repeats):
             for label, every_s in (("every epoch", 0.0), ("none", NEVER_S)):
                 with tempfile.TemporaryDirectory() as tmp:
                     fit_s, written = one_run(data, args, strategy, every_s, Path(tmp))
                 times[label].append(fit_s)
-                size = max(size, written)
+                states += written
         saving, plain = (statistics.median(times[k]) for k in ("every epoch", "none"))
-        per_state = (saving - plain) / max(args.epochs - 1, 1)
+        per_state = statistics.median(s for s, _ in states)
+        epoch_s = plain / args.epochs
         print(f"{strategy:>12}: fit {plain:.2f} s without states, {saving:.2f} s with one per epoch "
-              f"({100 * (saving / plain - 1):+.1f} %, {1000 * per_state:.0f} ms per state of {size / 2**20:.1f} MiB); "
-              f"runs: {', '.join(f'{k} ' + ' '.join(f'{t:.2f}' for t in v) for k, v in times.items())}")
+              f"({100 * (saving / plain - 1):+.1f} %); one state: {1000 * per_state:.0f} ms, "
+              f"{max(b for _, b in states) / 2**20:.1f} MiB = {100 * per_state / epoch_s:.1f} % of an epoch "
+              f"({epoch_s:.2f} s); fit times: "
+              + "; ".join(f"{k} " + " ".join(f"{t:.2f}" for t in v) for k, v in times.items()))
 
 
 if __name__ == "__main__":

@@ -8,11 +8,12 @@ import pytest
 
 from medtransfer.bench.grid import expand
 from medtransfer.bench.ray_tasks import train_task
-from medtransfer.bench.runner import run_experiment
+from medtransfer.bench.runner import prepare, run_experiment, run_identity
 from medtransfer.bench.store import ResultStore
 from medtransfer.config import ExperimentConfig
 from medtransfer.config_files import validate_config
 from medtransfer.data.normalisation import DEFAULT
+from medtransfer.errors import ConfigError
 from medtransfer.finetune.module import FineTuner
 from medtransfer.finetune.resume import STATE_FILE
 from medtransfer.interrupts import Interrupted
@@ -21,7 +22,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 CONFIG = {"name": "resume", "datasets": [{"name": "synthetic2d", "n_train": 64, "n_val": 32, "n_test": 32, "size": 16}],
           "backbone": {"name": "resnet_tiny"}, "inits": ["random"], "strategies": ["end_to_end"],
           "label_fractions": [1.0], "seeds": [0], "train": {"epochs": 3, "batch_size": 16, "augment": "light"},
-          "hardware": {"accelerator": "cpu"}}
+          "hardware": {"accelerator": "cpu", "resume_every_s": 0}}  # a resume state at every epoch's start
 
 
 def interrupt_in_epoch_1(monkeypatch):
@@ -71,3 +72,14 @@ def test_a_ray_task_run_again_in_its_run_folder_resumes(tmp_path, monkeypatch):
     again = train_task(cfg, spec, None, DEFAULT, str(tmp_path), verbose=False)
     assert again["extra"]["resumed_from_epoch"] == [1] and again["extra"]["epochs_run"] == 3
     assert not (tmp_path / STATE_FILE).exists()
+
+
+def test_resume_every_s_is_checked_and_leaves_the_run_id_alone():
+    with pytest.raises(ConfigError, match=r"hardware.resume_every_s: -1 rejected: .*greater than or equal to 0"):
+        validate_config({**CONFIG, "hardware": {"resume_every_s": -1}}, ExperimentConfig)
+    ids = set()
+    for every_s in (0, 60, 3600):
+        cfg = validate_config({**CONFIG, "hardware": {"resume_every_s": every_s}}, ExperimentConfig)
+        spec = expand(cfg)[0]
+        ids.add(spec.run_id(cfg, *run_identity(prepare(cfg), spec)))
+    assert len(ids) == 1

@@ -18,7 +18,7 @@ from medtransfer.interrupts import Interrupted
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 EPOCHS, KILL_AT = 4, 2
-CPU = HardwareConfig(accelerator="cpu")  # resume_every_s 0: a state at every epoch's start
+CPU = HardwareConfig(accelerator="cpu", resume_every_s=0)  # a state at every epoch's start
 
 
 def kill_in_epoch(monkeypatch, epoch: int):
