@@ -3,7 +3,7 @@
 Bad input fails in ``prepare`` — before any training — with one clear error: missing files, wrong channel counts,
 NaN labels, an empty class after subsetting, a checkpoint that does not fit. Each finished run is committed to the
 SQLite store the moment it ends, so a crash or Ctrl-C loses at most the run in flight, which the next invocation
-redoes; finished runs are never run twice.
+continues from its last resume state (``finetune/resume.py``); finished runs are never run twice.
 """
 
 from __future__ import annotations
