@@ -2,12 +2,14 @@
 
 import signal
 
+import lightning as L
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
 from medtransfer.config import HardwareConfig, TrainConfig
+from medtransfer.data.synthetic_seg import synthetic_seg2d
 from medtransfer.errors import CheckpointError
 from medtransfer.finetune import resume
 from medtransfer.finetune.module import FineTuner
@@ -15,6 +17,7 @@ from medtransfer.finetune.policies import parse_policy
 from medtransfer.finetune.strategies import parse_strategy
 from medtransfer.finetune.train import fine_tune
 from medtransfer.interrupts import Interrupted
+from medtransfer.models.factory import create_backbone
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 EPOCHS, KILL_AT = 4, 2
@@ -22,14 +25,12 @@ CPU = HardwareConfig(accelerator="cpu", resume_every_s=0)  # a state at every ep
 
 
 def kill_in_epoch(monkeypatch, epoch: int):
-    """Interrupt training at the second batch of ``epoch``, as Ctrl-C would (``interrupts.Interrupted``)."""
-    step = FineTuner.training_step
-
-    def killing_step(self, batch, batch_idx):
+    """Interrupt training at the second batch of ``epoch``, as Ctrl-C would (``interrupts.Interrupted``), in any
+    fine-tuning module (segmentation's too)."""
+    def kill(self, batch, batch_idx):
         if self.current_epoch == epoch and batch_idx == 1:
             raise Interrupted(signal.SIGINT)
-        return step(self, batch, batch_idx)
-    monkeypatch.setattr(FineTuner, "training_step", killing_step)
+    monkeypatch.setattr(FineTuner, "on_train_batch_start", kill, raising=False)
 
 
 def run(data, make_backbone, workdir, strategy="end_to_end", policy="none", **train):
@@ -55,7 +56,7 @@ def assert_same_run(resumed, whole):
         np.testing.assert_equal(getattr(resumed, name), getattr(whole, name))
     assert (resumed.best_epoch, resumed.epochs_run) == (whole.best_epoch, whole.epochs_run)
     for key, value in whole.predictions.items():
-        assert torch.equal(torch.as_tensor(resumed.predictions[key]), torch.as_tensor(value)), key
+        np.testing.assert_array_equal(resumed.predictions[key], value, strict=True, err_msg=key)
 
 
 @pytest.mark.parametrize("strategy, kw", [
@@ -76,6 +77,20 @@ def test_a_killed_run_resumes_where_it_stopped_and_stores_the_uninterrupted_numb
         assert rows[column].tolist() == expected[column].tolist()
     assert not (tmp_path / "resumed" / resume.STATE_FILE.parent).exists()
     assert not (tmp_path / "resumed" / resume.LOG_BEFORE).exists()
+
+
+def test_a_killed_segmentation_run_resumes_with_the_same_patches_and_numbers(monkeypatch, tmp_path):
+    """Segmentation trains on random patches, augmented with their masks: drawn from the restored states too."""
+    data = synthetic_seg2d(size=32, n_train=8, n_val=2, n_test=2, seed=0)
+
+    def encoder(seed):
+        L.seed_everything(seed, verbose=False)
+        return create_backbone("resnet_tiny", data.in_chans, (16, 16))
+
+    kw = {"batch_size": 4, "augment": "light", "segmentation": {"patch_size": 16}}
+    whole = run(data, encoder, tmp_path / "whole", **kw)
+    resumed = killed_then_resumed(data, encoder, monkeypatch, tmp_path / "resumed", **kw)
+    assert_same_run(resumed, whole)
 
 
 def test_without_restoring_the_random_states_the_resumed_run_differs(tiny2d, make_backbone, monkeypatch, tmp_path):
