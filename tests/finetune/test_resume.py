@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from medtransfer.config import HardwareConfig, TrainConfig
+from medtransfer.data.imbalance import EpochDraw
 from medtransfer.data.synthetic_seg import synthetic_seg2d
 from medtransfer.errors import CheckpointError
 from medtransfer.finetune import resume
@@ -33,12 +34,12 @@ def kill_in_epoch(monkeypatch, epoch: int):
     monkeypatch.setattr(FineTuner, "on_train_batch_start", kill, raising=False)
 
 
-def run(data, make_backbone, workdir, strategy="end_to_end", policy="none", **train):
+def run(data, make_backbone, workdir, strategy="end_to_end", policy="none", epoch_draw=None, **train):
     cfg = TrainConfig(**{"epochs": EPOCHS, "batch_size": 16, "lr": 1e-2, "schedule": "cosine", "dropout": 0.3,
                          **train})
     backbone = make_backbone(seed=1)
     return fine_tune(data, np.arange(len(data.train)), backbone, parse_strategy(strategy), backbone.default_view, cfg,
-                     CPU, seed=1, workdir=workdir, policy=parse_policy(policy))
+                     CPU, seed=1, workdir=workdir, policy=parse_policy(policy), epoch_draw=epoch_draw)
 
 
 def killed_then_resumed(data, make_backbone, monkeypatch, workdir, **kw):
@@ -63,6 +64,7 @@ def assert_same_run(resumed, whole):
     ("end_to_end", {"policy": {"augment": "light", "mixup": 0.4}}),  # global RNG: augmentation, mixup, dropout
     ("linear", {}),  # cached frozen features: only the head trains
     ({"name": "warmup", "frozen_epochs": 1}, {}),  # resumed after its unfreezing epoch: still unfrozen
+    ("end_to_end", {"epoch_draw": EpochDraw(np.arange(40), (np.arange(40, 96),), (30,), seed=5)}),  # resample
 ])
 def test_a_killed_run_resumes_where_it_stopped_and_stores_the_uninterrupted_numbers(
         tiny2d, make_backbone, monkeypatch, tmp_path, strategy, kw):
