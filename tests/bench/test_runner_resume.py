@@ -1,10 +1,17 @@
 """A grid run killed mid-way resumes in its run folder — sequentially and as a Ray task run again — and stores the
 numbers of the same run never interrupted, saying where it was resumed."""
 
+import json
+import os
 import signal
+import threading
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
+
+import medtransfer
 
 from medtransfer.bench.grid import expand
 from medtransfer.bench.ray_tasks import train_task
@@ -83,3 +90,37 @@ def test_resume_every_s_is_checked_and_leaves_the_run_id_alone():
         spec = expand(cfg)[0]
         ids.add(spec.run_id(cfg, *run_identity(prepare(cfg), spec)))
     assert len(ids) == 1
+
+
+@pytest.mark.slow
+def test_a_ray_worker_killed_after_a_resume_state_resumes_in_its_retry(tmp_path, monkeypatch):
+    """The real thing: SIGKILL the Ray worker once the run has a resume state; Ray retries the task
+    (``max_retries``), which resumes, and the stored numbers are those of the sequential uninterrupted run."""
+    pytest.importorskip("ray")
+    for key, value in {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disabled",
+                       "RAY_USAGE_STATS_ENABLED": "0", "PYTHONPATH": str(Path(medtransfer.__file__).parents[1])}.items():
+        monkeypatch.setenv(key, value)  # loopback only; workers import this checkout
+    grid = {**CONFIG, "train": {**CONFIG["train"], "epochs": 8}}
+    hardware = {"accelerator": "cpu", "resume_every_s": 0, "cpus_per_run": 1}  # same threads: same numbers
+    run_experiment(validate_config({**grid, "hardware": hardware}, ExperimentConfig), tmp_path / "whole",
+                   progress=False)
+    killed = []
+
+    def kill_once_a_state_exists():
+        while not killed:
+            for state in (tmp_path / "ray" / "runs").glob(f"*/{STATE_FILE}"):
+                pid = json.loads((state.parents[1] / "worker.json").read_text())["pid"]
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+                break
+            time.sleep(0.02)
+
+    threading.Thread(target=kill_once_a_state_exists, daemon=True).start()
+    cfg = validate_config({**grid, "hardware": {**hardware, "executor": "ray", "workers": 1}}, ExperimentConfig)
+    summary = run_experiment(cfg, tmp_path / "ray", progress=False)
+    assert killed and (summary.done, summary.failed) == (1, [])
+    (whole, whole_pred), (resumed, resumed_pred) = stored(tmp_path / "whole"), stored(tmp_path / "ray")
+    assert resumed["extra"]["resumed_from_epoch"][0] >= 1
+    assert resumed["metrics"] == whole["metrics"]
+    for key, value in whole_pred.items():
+        assert np.array_equal(resumed_pred[key], value), key
