@@ -4,6 +4,8 @@ numbers of the same run never interrupted, saying where it was resumed."""
 import json
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -122,5 +124,43 @@ def test_a_ray_worker_killed_after_a_resume_state_resumes_in_its_retry(tmp_path,
     (whole, whole_pred), (resumed, resumed_pred) = stored(tmp_path / "whole"), stored(tmp_path / "ray")
     assert resumed["extra"]["resumed_from_epoch"][0] >= 1
     assert resumed["metrics"] == whole["metrics"]
+    for key, value in whole_pred.items():
+        assert np.array_equal(resumed_pred[key], value), key
+
+
+KILLING_CLI = """import os, signal, sys
+from medtransfer.finetune.module import FineTuner
+from medtransfer.interrupts import Interrupted
+
+def kill(self, batch, batch_idx):  # every rank stops at the same batch, as a Ctrl-C reaching both processes
+    if os.environ.get("KILL_EPOCH") == str(self.current_epoch) and batch_idx == 1:
+        raise Interrupted(signal.SIGTERM)
+
+FineTuner.on_train_batch_start = kill
+from medtransfer.cli import main
+sys.exit(main())
+"""
+
+
+@pytest.mark.slow
+def test_a_two_process_ddp_run_resumes_with_the_uninterrupted_numbers(tmp_path):
+    """Each DDP process restores rank 0's random states and the shared resume state; Lightning re-runs the command
+    for rank 1, so the interruption is planted in the script both processes run."""
+    grid = {**CONFIG, "datasets": [{**CONFIG["datasets"][0], "n_test": 31}],  # odd: padded shards
+            "hardware": {"accelerator": "cpu", "devices": 2, "ddp": True, "resume_every_s": 0}}
+    (tmp_path / "exp.yaml").write_text(json.dumps(grid))
+    (tmp_path / "cli.py").write_text(KILLING_CLI)
+
+    def cli(output, kill_epoch=""):
+        env = {**os.environ, "KILL_EPOCH": kill_epoch, "PYTHONPATH": str(Path(medtransfer.__file__).parents[1])}
+        return subprocess.run([sys.executable, "cli.py", "run", "exp.yaml", "--output", output, "--no-progress"],
+                              cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert cli("whole").returncode == 0
+    interrupted = cli("resumed", kill_epoch="1")
+    assert interrupted.returncode == 130, interrupted.stderr[-2000:]
+    done = cli("resumed")
+    assert done.returncode == 0, done.stderr[-2000:]
+    (whole, whole_pred), (resumed, resumed_pred) = stored(tmp_path / "whole"), stored(tmp_path / "resumed")
+    assert resumed["extra"]["resumed_from_epoch"] == [1] and resumed["metrics"] == whole["metrics"]
     for key, value in whole_pred.items():
         assert np.array_equal(resumed_pred[key], value), key
