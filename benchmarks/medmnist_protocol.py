@@ -4,7 +4,8 @@ Any MedMNIST datasets and seeds in one resumable experiment per kind (2D and 3D 
 its own experiment folder). 2D: ResNet-18/50 "(28)" (small stem, 28 px) or "(224)" (standard stem, upsampled);
 3D: ResNet-18/50 with 3D convolutions on 28^3 (or 64^3) volumes. The schedule, selection and metrics are the
 reference loop's (``medtransfer.bench.medmnist_protocol``); ``--epochs`` shortens it for smoke runs (milestones stay
-at 50 % and 75 %). A finished run is never trained again; a run killed mid-way restarts from its first epoch.
+at 50 % and 75 %). A finished run is never trained again; a run killed mid-way resumes from its last resume state
+(``hardware.resume_every_s``, by default at most a minute old) with the numbers of an uninterrupted run.
 
     python benchmarks/medmnist_protocol.py --root ../shared/data/medmnist --datasets pneumoniamnist --seeds 0 1 2
     python benchmarks/medmnist_protocol.py --root ../shared/data/medmnist --datasets adrenalmnist3d --seeds 0

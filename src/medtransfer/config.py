@@ -158,6 +158,8 @@ class HardwareConfig(Strict):
                                                                 "default 1, sequential default: torch's own")
     gpus_per_run: float = Field(0, ge=0, description="ray: GPUs per run, fractional to share one (e.g. 0.25)")
     max_retries: int = Field(1, ge=0, description="ray: retries of a run whose worker process died")
+    resume_every_s: float = Field(60, ge=0, description="seconds between a fine-tuning run's resume states, written "
+                                                       "at an epoch's start (0: every epoch)")
 
     @model_validator(mode="after")
     def _no_ddp_in_tasks(self):

@@ -178,6 +178,7 @@ def test_the_cli_refuses_a_planted_resume_state_in_one_line_and_no_resume_starts
 def test_every_method_resume_state_is_readable_without_unpickling_code(name, tmp_path, monkeypatch):
     """A genuine resume state must pass the weights_only=True check that refuses planted ones: a method that put,
     say, a config object into its checkpoint would otherwise have its own resume refused."""
+    from medtransfer.finetune.resume import check_loadable
     from medtransfer.pretrain import run
 
     def stop(*args, **kwargs):
@@ -189,7 +190,7 @@ def test_every_method_resume_state_is_readable_without_unpickling_code(name, tmp
                  batch_size=16, online_probe=True)  # the probe's head is resume state too
     with pytest.raises(RuntimeError, match="stopped"):
         pretrain(cfg, tmp_path, resume=False)
-    run._check_resume_state(tmp_path / "lightning" / "last.ckpt")
+    check_loadable(tmp_path / "lightning" / "last.ckpt", start_over="")
 
 
 def test_nearest_resizing_is_refused_for_pre_training_whose_views_resize_linearly(tmp_path):

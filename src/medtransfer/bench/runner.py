@@ -3,7 +3,7 @@
 Bad input fails in ``prepare`` — before any training — with one clear error: missing files, wrong channel counts,
 NaN labels, an empty class after subsetting, a checkpoint that does not fit. Each finished run is committed to the
 SQLite store the moment it ends, so a crash or Ctrl-C loses at most the run in flight, which the next invocation
-redoes; finished runs are never run twice.
+continues from its last resume state (``finetune/resume.py``); finished runs are never run twice.
 """
 
 from __future__ import annotations
@@ -225,13 +225,15 @@ def run_one(cfg: ExperimentConfig, spec: RunSpec, prepared: Prepared, workdir: P
 
 
 def run_extra(result, indices: np.ndarray, data: ImageDataset, init_file: Path | None) -> dict:
-    """What a run stores beside its metrics: schedule outcome, subset, parameter counts, init file."""
+    """What a run stores beside its metrics: schedule outcome, subset, parameter counts, init file, and the epochs
+    a killed run was resumed at (``finetune/resume.py``)."""
     return {"best_epoch": result.best_epoch, "epochs_run": result.epochs_run, "n_train": int(len(indices)),
             "class_counts": class_counts(result.imbalance, data.train.labels, data.task, indices),
             "class_names": list(data.class_names),
             "trainable_params": result.trainable_params, "total_params": result.total_params,
             "init_file": str(init_file or ""), "warnings": result.warnings,
-            **({"imbalance": result.imbalance} if result.imbalance else {})}
+            **({"imbalance": result.imbalance} if result.imbalance else {}),
+            **({"resumed_from_epoch": result.resumed_from} if result.resumed_from else {})}
 
 
 def run_experiment(cfg: ExperimentConfig, folder: str | Path | None = None, verbose: bool = False,

@@ -18,6 +18,7 @@ import pandas as pd
 import torch
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.utilities import rank_zero_only
 from torch.utils.data import DataLoader, RandomSampler, TensorDataset
 
 from medtransfer.config import HardwareConfig, TrainConfig
@@ -32,6 +33,8 @@ from medtransfer.finetune.diagnostics import diagnose
 from medtransfer.finetune.frozen import cached_input_spec, fine_tune_on_features
 from medtransfer.finetune.module import FineTuner
 from medtransfer.finetune.policies import NO_POLICY, TrainingPolicy
+from medtransfer.finetune.resume import (STATE_FILE, ResumeState, merge_log, resume_point, run_stamp,
+                                        set_log_aside)
 from medtransfer.finetune.segmentation import build_segmentation, segmentation_dataset
 from medtransfer.finetune.strategies import Strategy
 from medtransfer.models.backbones import Backbone
@@ -51,6 +54,7 @@ class FineTuneResult:
     total_params: int = 0
     warnings: list[str] = field(default_factory=list)  # see finetune.diagnostics: numbers not to trust blindly
     imbalance: dict | None = None  # data.imbalance: the training subset's natural and achieved class ratio
+    resumed_from: list[int] = field(default_factory=list)  # epochs at which a killed run was resumed (resume.py)
 
 
 def tensor_dataset(split: Split, indices: np.ndarray | None = None, training: bool = False) -> TensorDataset:
@@ -161,6 +165,7 @@ def fit_and_test(module: FineTuner, model: torch.nn.Module, data: ImageDataset, 
     network, or only what follows a cached frozen part); the ``*_set`` datasets hold ``data``'s images or their
     cached features; ``epoch_draw`` replaces uniform sampling by a fresh class-capped draw every epoch.
     """
+    generator = None  # an epoch draw is fixed by its epoch number, which Lightning restores on a resume
     if epoch_draw is not None:
         sampler = EpochSampler(epoch_draw, train.min_samples_per_epoch)
     else:
@@ -175,17 +180,25 @@ def fit_and_test(module: FineTuner, model: torch.nn.Module, data: ImageDataset, 
     monitor = f"val/{monitor}"
     ckpt = ModelCheckpoint(dirpath=workdir / "checkpoints", monitor=monitor, mode=mode, save_top_k=1,
                            save_weights_only=True, filename="best")
-    callbacks = [ckpt, *strategy.callbacks()]
+    stamp = run_stamp(train, seed, len(train_set), len(val_set))
+    resume = ResumeState(workdir, generator, stamp, hardware.resume_every_s)
+    callbacks = [ckpt, *strategy.callbacks(), resume]
     if train.early_stopping_patience:
         callbacks.append(EarlyStopping(monitor, mode=mode, patience=train.early_stopping_patience,
                                        check_finite=False))
+    point = resume_point(workdir, stamp)  # before the logger starts: it deletes the log the resume keeps
+    if rank_zero_only.rank == 0:
+        set_log_aside(workdir, point and point[1])
     trainer = L.Trainer(max_epochs=train.epochs, callbacks=callbacks, default_root_dir=workdir,
                         logger=CSVLogger(workdir, name="", version=""), enable_progress_bar=verbose,
                         enable_model_summary=False, num_sanity_val_steps=0, log_every_n_steps=1,
                         **trainer_kwargs(hardware, data.spatial_dims))
     start = time.perf_counter()
-    trainer.fit(module, train_loader, DataLoader(val_set, batch_size=eval_batch))
+    trainer.fit(module, train_loader, DataLoader(val_set, batch_size=eval_batch), ckpt_path=point and point[0],
+                weights_only=True)  # the resume state holds tensors and plain data only
     fitted = time.perf_counter()
+    if trainer.is_global_zero:
+        merge_log(workdir)
     val_metrics = {k.removeprefix("val/"): float(v) for k, v in trainer.callback_metrics.items()
                    if k.startswith("val/")}
     log = _read_log(workdir / "metrics.csv")
@@ -193,15 +206,17 @@ def fit_and_test(module: FineTuner, model: torch.nn.Module, data: ImageDataset, 
     trainer.test(module, DataLoader(test_set, batch_size=eval_batch), ckpt_path=ckpt.best_model_path or None,
                  verbose=False, weights_only=True)
     tested = time.perf_counter()
-    if not train.keep_checkpoints and trainer.is_global_zero:
-        shutil.rmtree(workdir / "checkpoints", ignore_errors=True)
+    if trainer.is_global_zero:
+        shutil.rmtree(workdir / STATE_FILE.parent, ignore_errors=True)  # finished: nothing left to resume
+        if not train.keep_checkpoints:
+            shutil.rmtree(workdir / "checkpoints", ignore_errors=True)
     result = module.test_result or {}
     warnings = diagnose(log, monitor, data.task, data.val.labels, result.get("predictions", {}), data.class_names)
     return FineTuneResult(
         metrics=result.get("metrics", {}), per_class=result.get("per_class", {}), val_metrics=val_metrics,
         predictions=result.get("predictions", {}),
-        timings={"fit_s": fitted - start, "test_s": tested - fitted},
-        best_epoch=best_epoch, epochs_run=trainer.current_epoch,
+        timings={"fit_s": resume.earlier_s + fitted - start, "test_s": tested - fitted},
+        best_epoch=best_epoch, epochs_run=trainer.current_epoch, resumed_from=resume.resumed_from,
         trainable_params=sum(p.numel() for p in model.parameters() if p.requires_grad),
         total_params=sum(p.numel() for p in model.parameters()), warnings=warnings)
 

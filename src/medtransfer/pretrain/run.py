@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import inspect
 import logging
-import re
 import shutil
 from pathlib import Path
 
@@ -25,7 +24,8 @@ from medtransfer.data import identity_options, load_dataset
 from medtransfer.data.base import CLASSIFICATION_TASKS
 from medtransfer.data.normalisation import DEFAULT, Normalisation
 from medtransfer.data.transforms import MedicalViews
-from medtransfer.errors import CheckpointError, ConfigError, allowed
+from medtransfer.errors import ConfigError, allowed
+from medtransfer.finetune.resume import check_loadable
 from medtransfer.finetune.train import trainer_kwargs
 from medtransfer.models.checkpoint import read_metadata, save_backbone, sha256_file
 from medtransfer.models.factory import create_backbone
@@ -119,21 +119,8 @@ def _resume_point(output: Path, key: str, resume: bool | str) -> Path | None:
             return None
         raise ConfigError(f"--resume: the config differs from the one {output} was started with; "
                           "use another output folder, or the original config")
-    _check_resume_state(last)
+    check_loadable(last, f"delete {last.parent} to start this pre-training over")  # a planted pickle: refused
     return last
-
-
-def _check_resume_state(last: Path) -> None:
-    """Refuse a resume state that only full unpickling could read: whoever can write the experiment folder could
-    otherwise run code in the next ``pretrain``/``run``. Refused with an error, not restarted over: an unreadable
-    state means tampering or corruption, which a silent restart would hide while discarding the epochs trained."""
-    try:
-        torch.load(last, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - torch raises many types; each means "not read safely"
-        needs = re.search(r"GLOBAL (\S+)", str(err))  # both of torch's wordings
-        why = f"it pickles {needs.group(1)}" if needs else f"{type(err).__name__}: truncated or corrupt"
-        raise CheckpointError(f"{last}: refused as resume state, it is not loadable with weights_only=True ({why});"
-                              f" delete {last.parent} to start this pre-training over") from err
 
 
 def _read_log(output: Path):

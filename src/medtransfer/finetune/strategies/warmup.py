@@ -46,7 +46,7 @@ class UnfreezeBackbone(L.Callback):
         self.at_epoch = at_epoch
 
     def on_train_epoch_start(self, trainer, pl_module):
-        if trainer.current_epoch == self.at_epoch:
+        if trainer.current_epoch >= self.at_epoch:  # from any later epoch too: a resumed run may start past it
             for param in pl_module.model.backbone.parameters():
                 param.requires_grad_(True)
             pl_module.model.train()  # frozen BatchNorm layers were held in eval mode; now they train
