@@ -76,9 +76,9 @@ def test_a_ray_task_run_again_in_its_run_folder_resumes(tmp_path, monkeypatch):
     with monkeypatch.context() as patch:
         interrupt_in_epoch_1(patch)
         with pytest.raises(Interrupted):
-            train_task(cfg, spec, None, DEFAULT, str(tmp_path), verbose=False)
+            train_task(cfg, spec, {spec.init.name: None}, {spec.init.name: DEFAULT}, str(tmp_path), verbose=False)
     assert (tmp_path / STATE_FILE).exists()
-    again = train_task(cfg, spec, None, DEFAULT, str(tmp_path), verbose=False)
+    again = train_task(cfg, spec, {spec.init.name: None}, {spec.init.name: DEFAULT}, str(tmp_path), verbose=False)
     assert again["extra"]["resumed_from_epoch"] == [1] and again["extra"]["epochs_run"] == 3
     assert not (tmp_path / STATE_FILE).exists()
 
