@@ -36,12 +36,12 @@ def unit_features(backbone: Backbone, images: np.ndarray, preprocess: Preprocess
     for start in range(0, len(images), BATCH):
         x = preprocess(torch.from_numpy(images[start:start + BATCH]).to(device))
         for i, step in enumerate(backbone.steps):
-            start = time.perf_counter()
+            began = time.perf_counter()
             x = backbone.run_step(step, x)
             if unit_seconds is not None:
                 if x.is_cuda:
                     torch.cuda.synchronize()
-                unit_seconds[unit_of[i]] += time.perf_counter() - start
+                unit_seconds[unit_of[i]] += time.perf_counter() - began
             if i in ends:
                 last = i + 1 == len(backbone.steps)  # exactly what a head on the whole network reads
                 pooled = backbone.pool(backbone.finish(x)) if last else pool_map(backbone, x)
