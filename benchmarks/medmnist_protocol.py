@@ -28,6 +28,7 @@ from medtransfer.bench.medmnist_protocol import (ARCHS, VARIANTS, VOLUME_SIZES, 
 from medtransfer.bench.runner import run_experiment
 from medtransfer.bench.store import ResultStore
 from medtransfer.errors import MedtransferError
+from medtransfer.interrupts import Interrupted, signals_interrupt
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from readme_tables import machine, rewrite  # noqa: E402  (a sibling script, not a package)
@@ -97,19 +98,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tables", type=Path, nargs="+", help="experiment folders for --readme")
     args = parser.parse_args(argv)
     try:
-        if args.readme:
-            if not args.tables:
-                raise MedtransferError("--readme needs --tables FOLDER [FOLDER ...] (the experiment folders)")
-            block = readme_block(stored_rows(args.tables))
-            args.readme.write_text(rewrite(args.readme.read_text(encoding="utf-8"), block, START, END),
-                                   encoding="utf-8")
-            print(f"rewrote the MedMNIST protocol table in {args.readme}")
-        else:
-            run(args)
+        with signals_interrupt():  # as `medtransfer run`: the run in flight is stored `interrupted`, not left running
+            _protocol(args)
     except MedtransferError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except (KeyboardInterrupt, Interrupted) as err:
+        how = f" by {err}" if isinstance(err, Interrupted) else ""
+        print(f"\ninterrupted{how}: finished work is stored; run the same command again to continue", file=sys.stderr)
+        return 130
     return 0
+
+
+def _protocol(args) -> None:
+    """Train (``run``), or only rewrite README's table from stored results."""
+    if not args.readme:
+        run(args)
+        return
+    if not args.tables:
+        raise MedtransferError("--readme needs --tables FOLDER [FOLDER ...] (the experiment folders)")
+    block = readme_block(stored_rows(args.tables))
+    args.readme.write_text(rewrite(args.readme.read_text(encoding="utf-8"), block, START, END), encoding="utf-8")
+    print(f"rewrote the MedMNIST protocol table in {args.readme}")
 
 
 if __name__ == "__main__":

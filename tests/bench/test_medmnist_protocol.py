@@ -109,3 +109,24 @@ def test_readme_table_is_rewritten_from_stored_results_without_training(tmp_path
     assert "old table" not in text and "| 0.930 | 0.944 | -0.014 |" in text and "| deviates |" in text
     assert script.main(["--readme", str(readme), "--tables", str(tmp_path / "none")]) == 2
     assert "error:" in capsys.readouterr().err and readme.read_text(encoding="utf-8") == text
+
+
+def test_sigterm_during_training_exits_130_with_one_line(monkeypatch, capsys):
+    """The protocol's runs last hours: a SIGTERM must reach the runner as ``Interrupted`` (which stores the run
+    interrupted) rather than kill the process and leave the run claimed as running."""
+    import os
+    import signal
+    import time
+
+    script = _script()
+
+    def terminated(args):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)
+        raise AssertionError("SIGTERM did not interrupt the run")
+
+    monkeypatch.setattr(script, "run", terminated)
+    assert script.main(["--datasets", "pneumoniamnist"]) == 130
+    err = capsys.readouterr().err
+    assert "interrupted by SIGTERM" in err and "run the same command again" in err
+    assert signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, signal.default_int_handler)
