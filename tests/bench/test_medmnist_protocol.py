@@ -47,7 +47,8 @@ def _store(folder, runs):
     """Fake finished runs: (dataset, backbone, small_stem, resize, seed, auc, acc)."""
     store = ResultStore(folder)
     for dataset, backbone, small, resize, seed, auc, acc in runs:
-        config = {"dataset": {"name": dataset, "resize": resize, "options": {}},
+        config = {"dataset": {"name": dataset, "resize": resize, "options": {"size": 28},
+                              **({"resize_mode": "nearest"} if resize else {})},
                   "backbone": {"name": backbone, "small_stem": small}, "seed": seed, "train": {"epochs": 100}}
         store.start(config_hash(config), config, {"dataset": dataset, "init": "random", "strategy": "end_to_end",
                                                   "fraction": 1.0, "seed": seed})
@@ -76,7 +77,8 @@ def test_comparison_puts_mean_and_std_over_seeds_beside_the_paper(tmp_path):
 
 
 def test_run_model_reads_the_paper_row_from_a_stored_config():
-    config = {"dataset": {"name": "pathmnist", "resize": 224}, "backbone": {"name": "resnet50", "small_stem": False},
+    config = {"dataset": {"name": "pathmnist", "resize": 224, "resize_mode": "nearest"},
+              "backbone": {"name": "resnet50", "small_stem": False},
               "train": {"epochs": 3}}
     assert run_model(config) == ("pathmnist", "ResNet-50 (224)", 3)
 
@@ -130,3 +132,32 @@ def test_sigterm_during_training_exits_130_with_one_line(monkeypatch, capsys):
     err = capsys.readouterr().err
     assert "interrupted by SIGTERM" in err and "run the same command again" in err
     assert signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, signal.default_int_handler)
+
+
+@pytest.mark.parametrize("dataset, backbone, label", [
+    ({"name": "adrenalmnist3d", "options": {"size": 28}, "resize": None}, {"name": "resnet18_3d", "small_stem": True},
+     "ResNet-18 + 3D"),
+    ({"name": "adrenalmnist3d", "options": {"size": 64}, "resize": None}, {"name": "resnet18_3d", "small_stem": True},
+     "ResNet-18 + 3D (64³)"),
+    ({"name": "pneumoniamnist", "options": {"size": 224}, "resize": None}, {"name": "resnet18", "small_stem": False},
+     "resnet18 (224 px, standard stem)"),
+    ({"name": "pneumoniamnist", "options": {"size": 28}, "resize": 224}, {"name": "resnet18", "small_stem": False},
+     "resnet18 (28 px resized to 224 (linear), standard stem)"),
+])
+def test_only_the_papers_inputs_get_the_papers_row(dataset, backbone, label):
+    """MedMNIST+'s 64³ or 224 px files, or a bilinear upsampling, are not the paper's cells."""
+    assert run_model({"dataset": dataset, "backbone": backbone, "train": {"epochs": 100}})[1] == label
+
+
+def test_other_volume_sizes_are_neither_compared_with_the_paper_nor_pooled(tmp_path):
+    rows = []
+    for size, auc in ((28, 0.80), (64, 0.90)):
+        for seed in (0, 1):
+            config = {"dataset": {"name": "adrenalmnist3d", "options": {"size": size}, "resize": None},
+                      "backbone": {"name": "resnet18_3d", "small_stem": True}, "seed": seed, "train": {"epochs": 100}}
+            rows.append({"config": config, "seed": seed, "metric.auc": auc, "metric.acc": 0.7,
+                         "timings": {"fit_s": 60.0}, "extra": {"epochs_run": 100, "best_epoch": 50}})
+    table = comparison(pd.DataFrame(rows)).set_index("model")
+    assert table.loc["ResNet-18 + 3D", "n"] == 2 and table.loc["ResNet-18 + 3D", "auc_mean"] == pytest.approx(0.80)
+    assert table.loc["ResNet-18 + 3D", "auc_paper"] == 0.827
+    assert table.loc["ResNet-18 + 3D (64³)", "n"] == 2 and pd.isna(table.loc["ResNet-18 + 3D (64³)", "auc_paper"])

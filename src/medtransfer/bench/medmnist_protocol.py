@@ -69,17 +69,28 @@ def protocol_config(datasets: list[str], root: str | Path, arch: str = "resnet18
 
 
 def run_model(config: dict) -> tuple[str, str, int]:
-    """(dataset flag, the paper's row name, epochs) of a stored run, read from its resolved config."""
+    """(dataset flag, row name, epochs) of a stored run, read from its resolved config.
+
+    Only the paper's settings get the paper's row names: 28 px (28^3) files, and for "(224)" those upsampled by
+    pixel replication with the standard stem. Any other input (MedMNIST+'s 64^3 or larger 2D files, another resize)
+    is named by its own size, so it is neither compared with the paper's cell nor averaged with its runs.
+    """
     backbone, dataset = config["backbone"], config["dataset"]
-    name = backbone["name"]
-    three_d = name.endswith("_3d")
+    name, small = backbone["name"], backbone["small_stem"]
+    size, resize = int(dataset.get("options", {}).get("size", 28)), dataset.get("resize")
     arch = name.removesuffix("_3d")
-    if three_d:
-        variant = "3d"
+    if name.endswith("_3d"):
+        resized = f" resized to {resize}³" if resize else ""
+        variant, setting = "3d", "" if size == 28 and resize is None else f" ({size}³{resized})"
+    elif size == 28 and resize is None and small:
+        variant, setting = "28", ""
+    elif size == 28 and resize == 224 and dataset.get("resize_mode") == "nearest" and not small:
+        variant, setting = "224", ""
     else:
-        variant = "224" if dataset.get("resize") == 224 and not backbone["small_stem"] else "28"
-    label = model_label(arch, variant) if arch in ARCHS else f"{name} ({variant})"
-    return dataset["name"], label, int(config["train"]["epochs"])
+        pixels = f"{size} px" + (f" resized to {resize} ({dataset.get('resize_mode', 'linear')})" if resize else "")
+        variant, setting = f"{pixels}, {'small' if small else 'standard'} stem", ""
+    label = model_label(arch, variant) if arch in ARCHS and variant in ("28", "224", "3d") else f"{name} ({variant})"
+    return dataset["name"], label + setting, int(config["train"]["epochs"])
 
 
 def comparison(rows: pd.DataFrame) -> pd.DataFrame:
