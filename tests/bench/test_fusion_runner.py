@@ -1,6 +1,7 @@
 """Fusion inits in a grid: validated before training, identified by every member's content and strategy, run end
 to end through ``medtransfer run`` and compared with their members by ``medtransfer report``."""
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -83,6 +84,31 @@ def test_a_member_normalisation_is_part_of_the_fusion_id(tmp_path):
     cfg.inits[1] = cfg.inits[1].model_copy(update={"normalisation": "unit_range"})
     found = ids(cfg)
     assert found["a+b"] != base["a+b"] and found["a"] == base["a"]
+
+
+def test_fusion_ids_on_linear_data_are_kept_and_on_nearest_data_are_new():
+    """Pinned before fusions followed ``resize_mode``: the linear one acts as before and must find its results; the
+    nearest one was fed linear resizes, so its stored results must not be found."""
+    cfg = validate_config({"name": "x", "datasets": [{"name": "synthetic2d", "resize": 32},
+                                                     {"name": "synthetic2d", "resize": 32, "resize_mode": "nearest"}],
+                           "inits": ["random", {"label": "fz", "fuse": [{"label": "random"}, {"label": "random"}]}]},
+                          ExperimentConfig)
+    found = {s.labels()["dataset"]: s.run_id(cfg, "abc")[:16] for s in expand(cfg) if s.init.fuse}
+    assert found["synthetic2d[resize=32]"] == "b77ca43471b881d1"
+    assert found["synthetic2d[resize=32,resize_mode=nearest]"] != "4023f472bff58c09"
+
+
+def test_a_fusion_on_a_nearest_dataset_is_fed_nearest_resizes(tmp_path, monkeypatch):
+    from medtransfer.bench import fusion as bench_fusion
+    seen, real = [], bench_fusion.fine_tune_fusion
+    monkeypatch.setattr(bench_fusion, "fine_tune_fusion",
+                        lambda *a, **k: seen.append(k["resize_mode"]) or real(*a, **k))
+    cfg = experiment(tmp_path, datasets=[{**DATA, "resize": 24}, {**DATA, "resize": 24, "resize_mode": "nearest"}])
+    prepared = prepare(cfg)
+    scores = [bench_fusion.run_fusion(cfg, spec, prepared, tmp_path / str(i), False)[0].predictions["scores"]
+              for i, spec in enumerate(s for s in expand(cfg) if s.init.fuse)]
+    assert seen == ["linear", "nearest"]
+    assert np.abs(scores[0] - scores[1]).max() > 1e-3
 
 
 @pytest.mark.parametrize("misfit, message", [

@@ -1,5 +1,7 @@
 """Frozen backbones (linear, knn) run once over the images: cached features give the per-epoch path's result."""
 
+import json
+
 import numpy as np
 import pytest
 
@@ -68,21 +70,38 @@ def test_features_are_extracted_once_per_weights_and_normalisation(tiny2d, make_
     assert len(list((cache_root / "features").iterdir())) == 2  # no temporary folder is left behind
 
 
-def test_feature_key_follows_mean_std_input_size_and_images(tiny2d, make_backbone):
+def test_feature_key_follows_mean_std_input_size_resize_mode_and_images(tiny2d, make_backbone):
     from medtransfer.data.normalisation import Normalisation
     from medtransfer.data.transforms import Preprocess
     from medtransfer.finetune.features import FeatureSpec, feature_key
     backbone = make_backbone()
 
-    def key(data=tiny2d, mean=0.5, std=0.5):
-        pre = Preprocess(2, normalisation=Normalisation((mean,), (std,)))
+    def key(data=tiny2d, mean=0.5, std=0.5, resize_mode="linear", meta=False):
+        pre = Preprocess(2, normalisation=Normalisation((mean,), (std,)), resize_mode=resize_mode)
         spec = FeatureSpec.of(pre, data.image_size, "stage", "32-true", False)
-        return feature_key(backbone, data, spec)[0]
+        return feature_key(backbone, data, spec)[meta]
     import dataclasses
     from medtransfer.data.base import Split
     flipped = dataclasses.replace(tiny2d, test=Split(tiny2d.test.images[..., ::-1].copy(), tiny2d.test.labels))
-    keys = {key(), key(mean=0.4), key(std=0.25), key(data=flipped)}
-    assert len(keys) == 4 and key() == key()
+    keys = {key(), key(mean=0.4), key(std=0.25), key(data=flipped), key(resize_mode="nearest")}
+    assert len(keys) == 5 and key() == key()
+    assert "resize_mode" not in key(meta=True)  # linear: the key it had before there was a choice (entries stay)
+    assert key(resize_mode="nearest", meta=True)["resize_mode"] == "nearest"
+
+
+def test_a_nearest_run_after_a_linear_one_gets_nearest_features(tiny2d, make_backbone, fast_train, cpu, tmp_path,
+                                                               cache_root, count_extractions):
+    """Same images, same weights: resized 16 -> 24 by nearest they are other features than resized linearly."""
+    one_epoch, size = fast_train.model_copy(update={"epochs": 1}), (24, 24)
+    linear = run(tiny2d, make_backbone(), one_epoch, cpu, tmp_path / "a", input_size=size)
+    nearest = run(tiny2d, make_backbone(), one_epoch, cpu, tmp_path / "b", input_size=size, resize_mode="nearest")
+    assert count_extractions == [1, 1]
+    per_epoch = run(tiny2d, make_backbone(), one_epoch, cpu, tmp_path / "c", input_size=size, resize_mode="nearest",
+                    frozen_features=False)
+    np.testing.assert_allclose(nearest.predictions["scores"], per_epoch.predictions["scores"], atol=1e-5)
+    assert np.abs(nearest.predictions["scores"] - linear.predictions["scores"]).max() > 1e-3
+    metas = [json.loads((entry / "meta.json").read_text()) for entry in (cache_root / "features").iterdir()]
+    assert sorted(m.get("resize_mode", "linear") for m in metas) == ["linear", "nearest"]
 
 
 def test_augmented_linear_runs_keep_the_per_epoch_path_and_say_so(tiny2d, make_backbone, fast_train, cpu, tmp_path,

@@ -113,6 +113,21 @@ def test_a_linear_fusion_trains_on_cached_member_features_with_the_per_epoch_res
     assert calls == [1, 1]  # the second fusion of the same members reads the cache
 
 
+@pytest.mark.parametrize("specs", [["end_to_end", "end_to_end"], ["linear", "linear"]])
+def test_a_fusion_resizes_its_members_input_by_the_resize_mode(make_backbone, tiny2d, fast_train, cpu, tmp_path,
+                                                                specs):
+    """Images 16 -> 24 by nearest feed every member other pixels than linearly, on images and on cached features."""
+    one_epoch = fast_train.model_copy(update={"epochs": 1})
+
+    def at(mode, workdir, **kw):
+        return fuse(tiny2d, [make_backbone(seed=0), make_backbone(seed=1)], specs, one_epoch, cpu, tmp_path / workdir,
+                    input_size=(24, 24), resize_mode=mode, **kw).predictions["scores"]
+    linear, nearest = at("linear", "a"), at("nearest", "b")
+    assert np.abs(nearest - linear).max() > 1e-3
+    # linear members: the cached features are the nearest-resized images' (the per-epoch path's result)
+    np.testing.assert_allclose(nearest, at("nearest", "c", frozen_features=False), atol=1e-5)
+
+
 def test_each_member_gets_the_optimiser_groups_its_own_strategy_makes(make_backbone, tiny2d):
     frozen, decayed = make_backbone(seed=0), make_backbone(seed=1)
     specs = strategies("linear", {"name": "lwlr_decay", "decay": 0.5})

@@ -117,7 +117,7 @@ def fusion_sha256(fusion: InitConfig, names: list[str], prepared) -> str:
 
 def run_fusion(cfg: ExperimentConfig, spec: RunSpec, prepared, workdir: Path, verbose: bool):
     """``run_one`` for a fusion init: every member built and initialised (in member order, after the run's seed),
-    fed its own normalisation, trained under its own strategy or the run's."""
+    fed its own normalisation and the dataset's resize mode, trained under its own strategy or the run's."""
     fusion, data = spec.init, prepared.data[spec.dataset_label]
     input_size = prepared.input_size[spec.dataset_label]
     L.seed_everything(spec.seed, workers=True, verbose=False)
@@ -135,5 +135,6 @@ def run_fusion(cfg: ExperimentConfig, spec: RunSpec, prepared, workdir: Path, ve
     dropout = cfg.train.dropout if fusion.dropout is None else fusion.dropout
     with torch_threads(cfg.hardware.cpus_per_run):
         result = fine_tune_fusion(data, indices, members, strategies, normalisations, fusion.how or "concat",
-                                  dropout, view, cfg.train, cfg.hardware, spec.seed, workdir, input_size, verbose)
+                                  dropout, view, cfg.train, cfg.hardware, spec.seed, workdir, input_size, verbose,
+                                  resize_mode=spec.dataset.resize_mode)
     return result, indices

@@ -51,6 +51,8 @@ class RunSpec:
         if self.init.fuse:  # read by the report; the content hash in ``sha256`` identifies the members
             init["members"] = [{"init": name, "strategy": None if m.strategy is None else m.strategy.label()}
                                for m, name in zip(self.init.fuse, fusion_member_names(self.init))]
+            if self.dataset.resize_mode != "linear":  # stored before this key, such a fusion was fed linear
+                init["members_resized"] = self.dataset.resize_mode  # resizes: a new id, so it is run again
         return {"dataset": dataset, "backbone": cfg.backbone.model_dump(mode="json"), "init": init,
                 "strategy": self.strategy.model_dump(mode="json"), "fraction": self.fraction, "seed": self.seed,
                 "train": _train_identity(cfg, segmentation, self.strategy.name != "knn" and n_train is not None

@@ -6,8 +6,9 @@ The same holds for a frozen *prefix* (the units below a trained depth range): it
 and the trained rest of the network runs on them.
 An entry is keyed by everything that changes the numbers — the backbone's weights *as loaded* (a content hash, so
 a random init per seed and a re-exported checkpoint are told apart correctly), the images of each split (content
-hash), the input size, the depth view, what is cached (pooled features or the output of the first ``n`` steps),
-the normalisation (mean/std), precision and memory format — and lives in
+hash), the input size and how images are resized to it (``resize_mode``; a ``linear`` key holds no mode, as
+before there was a choice, so existing entries stay valid), the depth view, what is cached (pooled features or the
+output of the first ``n`` steps), the normalisation (mean/std), precision and memory format — and lives in
 ``<cache root>/features/<key>/`` (``train.npy``, ``val.npy``, ``test.npy`` float32 and a readable
 ``meta.json``). It is written into a temporary folder and renamed into place, so a crash or a second process
 extracting the same key never leaves a half-written entry: whoever renames first wins, the other one's copy is
@@ -56,12 +57,13 @@ class FeatureSpec:
     std: float | tuple[float, ...]
     precision: str
     channels_last: bool
+    resize_mode: str = "linear"  # how ``preprocess`` brings images to ``input_size`` (``transforms.to_unit_range``)
 
     @classmethod
     def of(cls, preprocess: Preprocess, input_size, view: str, precision: str, channels_last: bool,
            steps: int | None = None):
         return cls(tuple(int(s) for s in input_size), view, steps, _plain(preprocess.mean), _plain(preprocess.std),
-                   precision, channels_last)
+                   precision, channels_last, preprocess.resize_mode)
 
     def encode(self, backbone: Backbone, x: torch.Tensor) -> torch.Tensor:
         """What is cached for a normalised batch: pooled features, or the map after the first ``steps`` steps."""
@@ -108,7 +110,8 @@ def feature_key(backbone: Backbone, data: ImageDataset, spec: FeatureSpec) -> tu
             "steps": [s.name for s in backbone.steps], "weights_sha256": weights_digest(backbone),
             "dataset": data.name, "images_sha256": {s: images_digest(getattr(data, s).images) for s in SPLITS},
             "input_size": list(spec.input_size), "view": spec.view, "cached_steps": spec.steps, "mean": spec.mean,
-            "std": spec.std, "precision": spec.precision, "channels_last": spec.channels_last}
+            "std": spec.std, "precision": spec.precision, "channels_last": spec.channels_last,
+            **({} if spec.resize_mode == "linear" else {"resize_mode": spec.resize_mode})}  # linear: keys as before
     return hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()[:32], meta
 
 

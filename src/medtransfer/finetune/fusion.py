@@ -123,9 +123,11 @@ def build_fusion(members: list[Backbone], strategies: list[Strategy], normalisat
 def fine_tune_fusion(data: ImageDataset, train_indices: np.ndarray, members: list[Backbone],
                      strategies: list[Strategy], normalisations: list[Normalisation], how: str, dropout: float,
                      view: str, train: TrainConfig, hardware: HardwareConfig, seed: int, workdir: Path,
-                     input_size: tuple[int, ...] | None = None, verbose: bool = False, frozen_features: bool = True):
+                     input_size: tuple[int, ...] | None = None, verbose: bool = False, frozen_features: bool = True,
+                     resize_mode: str = "linear"):
     """``fine_tune`` for a fusion: ``members`` already initialised, ``normalisations`` each member's for the data's
-    channels. Classification only (the runner refuses segmentation before training)."""
+    channels, ``resize_mode`` how every member's images are brought to ``input_size`` (as in ``fine_tune``).
+    Classification only (the runner refuses segmentation before training)."""
     from medtransfer.finetune.train import (_uses_channels_last, fit_and_test, resolve_monitor, tensor_dataset,
                                             trainer_kwargs, training_targets)
 
@@ -141,7 +143,7 @@ def fine_tune_fusion(data: ImageDataset, train_indices: np.ndarray, members: lis
                                                                  frozen_features, NO_POLICY) is None:
         start = time.perf_counter()
         with torch.random.fork_rng(devices=range(torch.cuda.device_count())):  # the head's RNG must not move
-            joined = _member_features(data, members, normalisations, input_size, view, channels_last,
+            joined = _member_features(data, members, normalisations, input_size, resize_mode, view, channels_last,
                                       trainer_kwargs(hardware, data.spatial_dims), eval_batch)
         extracted = time.perf_counter() - start
         head = FusionTuner(model.head, data.task, fusion, view, train, _Passthrough(), how=how)
@@ -153,20 +155,22 @@ def fine_tune_fusion(data: ImageDataset, train_indices: np.ndarray, members: lis
         return result
     module = FusionTuner(model, data.task, fusion, view, train,
                          Preprocess(data.spatial_dims, size=input_size, augment=train.augment,
-                                    normalisation=UNIT_RANGE), channels_last=channels_last, how=how)
+                                    normalisation=UNIT_RANGE, resize_mode=resize_mode),
+                         channels_last=channels_last, how=how)
     return fit_and_test(module, model, data, tensor_dataset(data.train, train_indices, training=True),
                         tensor_dataset(data.val), tensor_dataset(data.test), eval_batch, fusion, train, hardware,
                         seed, monitor, workdir, verbose)
 
 
 def _member_features(data: ImageDataset, members: list[Backbone], normalisations: list[Normalisation],
-                     input_size: tuple[int, ...], view: str, channels_last: bool, kwargs: dict,
+                     input_size: tuple[int, ...], resize_mode: str, view: str, channels_last: bool, kwargs: dict,
                      batch_size: int) -> dict[str, np.ndarray]:
-    """Each frozen member's pooled features from the cache (keyed by its weights and its own normalisation),
-    concatenated in member order: the input ``FusedHead`` reads."""
+    """Each frozen member's pooled features from the cache (keyed by its weights, its own normalisation and the
+    resize mode), concatenated in member order: the input ``FusedHead`` reads."""
     per_member = []
     for member, normalisation in zip(members, normalisations):
-        preprocess = Preprocess(data.spatial_dims, size=input_size, normalisation=normalisation)
+        preprocess = Preprocess(data.spatial_dims, size=input_size, normalisation=normalisation,
+                                resize_mode=resize_mode)
         spec = FeatureSpec.of(preprocess, input_size, view, kwargs["precision"], channels_last)
         per_member.append(cached_features(member, data, preprocess, spec, kwargs, batch_size))
     return {s: np.concatenate([f[s] for f in per_member], axis=1) for s in SPLITS}
