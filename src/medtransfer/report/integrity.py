@@ -31,7 +31,8 @@ SCOPES = {"train.last_batch": "cell",  # follows the size of the labelled subset
           "train.monitor": ("dataset",), "train.segmentation": ("dataset",),  # resolved by the dataset's task
           "dataset": ("dataset",), "imbalance": ("dataset",),  # the dataset label names its options and ratio
           "init": ("dataset", "init"),  # e.g. one pre-training (one hash) per dataset; a fusion's members
-          "strategy": ("strategy",), "policy": ("policy",), "fraction": ("fraction",)}
+          "strategy": ("strategy",), "policy": ("policy",)}
+OWN_COLUMNS = {"seed", "fraction"}  # settings that are the runs' own columns: never a config's difference
 _LONG = 16  # longer values (checkpoint hashes, paths) are shortened in the legend
 
 
@@ -56,7 +57,7 @@ def _flatten(config, prefix: str = "") -> dict:
 
 
 def differing_settings(rows: pd.DataFrame) -> list[str]:
-    """The config keys (dotted paths, seed aside) that take several values among runs that one experiment would give
+    """The config keys (dotted paths, seed and fraction aside) that take several values among runs that one experiment would give
     one value (``SCOPES``: inside a cell for every key, folder-wide for the schedule or backbone): the settings that
     tell the experiments in ``rows`` apart. Empty for a single experiment."""
     if "config" not in rows or rows.empty:  # a hand-made frame: nothing to tell experiments apart by
@@ -82,11 +83,11 @@ def _scope(key: str, rows: pd.DataFrame) -> tuple[str, ...]:
 
 
 def _differing(flat: list[dict], rows: pd.DataFrame, tags: list[int] | None = None) -> set[str]:
-    """The keys (seed aside) of ``flat`` (one per run of ``rows``) that take several values among runs sharing the
+    """The keys (seed and fraction aside) of ``flat`` (one per run of ``rows``) that take several values among runs sharing the
     columns of their ``_scope`` (and their ``tags``, when given)."""
     groups: dict[tuple, list[np.ndarray]] = {}  # scope -> positions of each group of runs
     differing: set[str] = set()
-    for key in set().union(*flat) - {"seed"}:
+    for key in set().union(*flat) - OWN_COLUMNS:
         scope = _scope(key, rows)
         if scope not in groups:
             frame = pd.DataFrame({c: rows[c].to_numpy() for c in scope} | ({"experiment": tags} if tags else {}))
