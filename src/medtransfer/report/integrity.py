@@ -57,9 +57,10 @@ def _flatten(config, prefix: str = "") -> dict:
 
 
 def differing_settings(rows: pd.DataFrame) -> list[str]:
-    """The config keys (dotted paths, seed and fraction aside) that take several values among runs that one experiment would give
-    one value (``SCOPES``: inside a cell for every key, folder-wide for the schedule or backbone): the settings that
-    tell the experiments in ``rows`` apart. Empty for a single experiment."""
+    """The config keys (dotted paths, seed and fraction aside) that take several values where one experiment has one
+    (``SCOPES``: inside a cell for every key; across the whole folder for the backbone or schedule): the settings
+    that tell the experiments in ``rows`` apart, even when no cell holds two of them. Empty for a single experiment.
+    """
     if "config" not in rows or rows.empty:  # a hand-made frame: nothing to tell experiments apart by
         return []
     flat = [_flatten(c) for c in rows["config"]]
@@ -83,8 +84,8 @@ def _scope(key: str, rows: pd.DataFrame) -> tuple[str, ...]:
 
 
 def _differing(flat: list[dict], rows: pd.DataFrame, tags: list[int] | None = None) -> set[str]:
-    """The keys (seed and fraction aside) of ``flat`` (one per run of ``rows``) that take several values among runs sharing the
-    columns of their ``_scope`` (and their ``tags``, when given)."""
+    """The keys (seed and fraction aside) of ``flat`` (one per run of ``rows``) that take several values among runs
+    sharing the columns of their ``_scope`` (and their ``tags``, when given)."""
     groups: dict[tuple, list[np.ndarray]] = {}  # scope -> positions of each group of runs
     differing: set[str] = set()
     for key in set().union(*flat) - OWN_COLUMNS:
