@@ -48,11 +48,28 @@ def test_constant_predictor_is_flagged_with_its_class_and_share():
     assert len(found) == 1 and "predicts one class ('none') for every test image (60% of the test labels)" in found[0]
 
 
-def test_varied_predictions_one_class_tests_and_multilabel_are_not_flagged():
+def test_varied_predictions_and_one_class_tests_are_not_flagged():
     y = np.array([0, 1, 1])
     assert constant_prediction("binary", y, np.array([[0.9, 0.1], [0.2, 0.8], [0.3, 0.7]])) == []
     assert constant_prediction("binary", np.ones(3, int), np.tile([0.2, 0.8], (3, 1))) == []  # one class in test
-    assert constant_prediction("multilabel", np.ones((3, 2), int), np.full((3, 2), 0.9)) == []
+    assert constant_prediction("multilabel", np.ones((3, 2), int), np.full((3, 2), 0.9)) == []  # one label set
+
+
+def test_multilabel_predictor_of_one_label_set_is_flagged_with_the_set_and_its_share():
+    y = np.array([[0, 0, 0], [0, 0, 0], [1, 0, 1], [0, 1, 0]])
+    silent = np.full((4, 3), 0.05) + np.linspace(0, 0.3, 4)[:, None]  # ranks, never crosses 0.5
+    found = constant_prediction("multilabel", y, silent, ("effusion", "nodule", "mass"))
+    assert len(found) == 1
+    assert "predicts one label set (none) for every test image (50% of the test images have exactly it)" in found[0]
+    fixed = np.tile([0.9, 0.2, 0.7], (4, 1))
+    found = constant_prediction("multilabel", y, fixed, ("effusion", "nodule", "mass"))
+    assert len(found) == 1 and "one label set ('effusion', 'mass') for every test image (25% of" in found[0]
+
+
+def test_multilabel_predictions_that_differ_between_images_are_not_flagged():
+    y = np.array([[0, 0, 0], [1, 0, 1], [0, 1, 0]])
+    varied = np.array([[0.1, 0.2, 0.1], [0.1, 0.2, 0.1], [0.1, 0.7, 0.1]])  # one image gets 'nodule'
+    assert constant_prediction("multilabel", y, varied) == []
 
 
 def test_segmentation_stalled_needs_low_dice_and_a_falling_loss():

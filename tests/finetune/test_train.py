@@ -50,6 +50,16 @@ def test_test_split_is_scored_once_with_the_best_validation_checkpoint(tiny2d, m
     assert np.array_equal(result.predictions["y_true"], tiny2d.test.labels)
 
 
+def test_stored_val_metrics_are_the_selected_epochs_not_the_last(tiny2d, make_backbone, cpu, tmp_path):
+    cfg = TrainConfig(epochs=5, batch_size=16, lr=5e-1, schedule="none")  # high lr: val AUC jumps around
+    result = run(tiny2d, make_backbone(), cfg, cpu, tmp_path)
+    log = pd.read_csv(tmp_path / "metrics.csv").dropna(subset=["val/loss"]).set_index("epoch")
+    assert result.best_epoch != log.index.max()  # the case that matters: the last epoch was not selected
+    selected = {c.removeprefix("val/"): v for c, v in log.loc[result.best_epoch].items() if c.startswith("val/")}
+    assert result.val_metrics.keys() >= {"auc", "acc", "loss"}
+    assert result.val_metrics == pytest.approx(selected, nan_ok=True)
+
+
 def test_checkpoints_are_removed_unless_kept(tiny2d, make_backbone, fast_train, cpu, tmp_path):
     run(tiny2d, make_backbone(), fast_train, cpu, tmp_path)
     assert not (tmp_path / "checkpoints").exists()

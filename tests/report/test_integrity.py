@@ -8,6 +8,7 @@ import pytest
 from medtransfer.bench.store import ResultStore, config_hash
 from medtransfer.errors import ConfigError
 from medtransfer.report import report_folder
+from medtransfer.report.comparisons import comparison_table
 from medtransfer.report.integrity import (check_one_experiment, config_table, differing_settings, format_warnings,
                                           select_config, warning_table)
 from medtransfer.report.tables import format_table, summary_table
@@ -49,8 +50,9 @@ def test_the_settings_that_differ_inside_a_cell_tell_experiments_apart(two, tmp_
 
 def test_experiments_with_disjoint_seeds_are_still_kept_apart(tmp_path):
     rows = write_store(tmp_path, experiments=((15, (0, 1)), (30, (2, 3)))).rows()
-    with pytest.raises(ConfigError, match=r"mixes experiments: runs of one cell differ in config keys train\.epochs "
-                                          r"\(config \w{6}: train\.epochs=\d+; \w{6}: train\.epochs=\d+\).*--config"):
+    with pytest.raises(ConfigError, match=r"mixes experiments: its runs differ in config keys train\.epochs, which "
+                                          r"one experiment holds fixed \(config \w{6}: train\.epochs=\d+; \w{6}: "
+                                          r"train\.epochs=\d+\).*--config"):
         check_one_experiment(rows)
     summary = summary_table(rows, "auc")
     assert summary["n"].tolist() == [2, 2, 2, 2]
@@ -134,3 +136,49 @@ def test_an_init_hash_that_another_setting_explains_does_not_split_an_experiment
 def test_a_changed_init_file_alone_still_tells_experiments_apart(tmp_path):
     rows = write_two_backbones(tmp_path, same_backbone=True)  # same backbone, two SimCLR hashes: a changed file
     assert differing_settings(rows) == ["init.sha256"]
+
+
+def write_disjoint_cells(folder):
+    """Two experiment files into one folder, no cell shared: random init at 15 epochs, SimCLR at 30 (the better)."""
+    store = ResultStore(folder)
+    for (init, epochs), seed in itertools.product((("random", 15), ("simclr", 30)), (0, 1, 2)):
+        config = {"dataset": {"name": "toy"}, "init": {"kind": init, "sha256": None if init == "random" else "ab12"},
+                  "strategy": {"name": "end_to_end"}, "fraction": 0.1, "seed": seed,
+                  "train": {"epochs": epochs, "monitor": "auc"}}
+        run_id = config_hash(config)
+        store.start(run_id, config, {"dataset": "toy", "init": init, "strategy": "end_to_end", "fraction": 0.1,
+                                     "seed": seed})
+        store.finish(run_id, {"auc": 0.7 + 0.1 * (init == "simclr") + 0.01 * seed}, {}, {},
+                     {"fit_s": 1.0, "test_s": 0.1})
+    return store.rows(status=None)
+
+
+def test_experiments_whose_cells_do_not_overlap_are_refused_or_keyed_not_compared(tmp_path):
+    rows = write_disjoint_cells(tmp_path)
+    assert differing_settings(rows) == ["train.epochs"]
+    with pytest.raises(ConfigError, match=r"mixes experiments: its runs differ in config keys train\.epochs"):
+        comparison_table(rows, "auc")
+    summary = summary_table(rows, "auc")
+    configs = config_table(rows)
+    assert summary.groupby("init")["config_key"].unique().map(list).to_dict() == {
+        init: [configs["config_key"][rows["init"] == init].iloc[0]] for init in ("random", "simclr")}
+    assert sorted(select_config(rows, configs["config_key"].iloc[0])["init"].unique()) == [rows["init"].iloc[0]]
+
+
+def test_settings_of_the_grid_axes_may_differ_between_cells(tmp_path):
+    """One experiment: each dataset its own options, monitor and pre-training, each strategy its own settings."""
+    store = ResultStore(tmp_path)
+    for dataset, init, strategy, seed in itertools.product(("toy", "seg"), ("random", "simclr"), ("linear", "knn"),
+                                                           (0, 1)):
+        config = {"dataset": {"name": dataset, "options": {"size": 28 if dataset == "toy" else 64}},
+                  "init": {"kind": init, "sha256": None if init == "random" else f"simclr-on-{dataset}"},
+                  "strategy": {"name": strategy, **({"k": 20} if strategy == "knn" else {})}, "fraction": 0.1,
+                  "seed": seed, "train": {"epochs": 5, "monitor": "dice" if dataset == "seg" else "auc",
+                                          **({"last_batch": "kept"} if strategy == "linear" else {})}}
+        run_id = config_hash(config)
+        store.start(run_id, config, {"dataset": dataset, "init": init, "strategy": strategy, "fraction": 0.1,
+                                     "seed": seed})
+        store.finish(run_id, {"auc": 0.7}, {}, {}, {"fit_s": 1.0, "test_s": 0.1})
+    rows = store.rows(status=None)
+    assert differing_settings(rows) == [] and config_table(rows) is None
+    check_one_experiment(rows)

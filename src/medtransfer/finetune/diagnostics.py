@@ -15,6 +15,8 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from medtransfer.evaluate.metrics import THRESHOLD
+
 DICE_FLOOR = 0.05  # a validation Dice that never rises above this is no segmentation
 
 
@@ -35,8 +37,11 @@ def undefined_selection(log: pd.DataFrame, monitor: str, val_labels: np.ndarray 
 
 def constant_prediction(task: str, y_true: np.ndarray, scores: np.ndarray,
                         class_names: Sequence[str] = ()) -> list[str]:
-    """The selected checkpoint gives every test image the same class although the test labels hold several."""
-    if task == "multilabel" or len(scores) == 0 or len(np.unique(y_true)) < 2:
+    """The selected checkpoint gives every test image the same class (multilabel: the same label set) although the
+    test labels hold several."""
+    if task == "multilabel":
+        return _constant_label_set(np.asarray(y_true), np.asarray(scores), class_names)
+    if len(scores) == 0 or len(np.unique(y_true)) < 2:
         return []
     predicted = np.unique(np.asarray(scores).argmax(axis=1))
     if len(predicted) > 1:
@@ -46,6 +51,22 @@ def constant_prediction(task: str, y_true: np.ndarray, scores: np.ndarray,
     share = float(np.mean(np.asarray(y_true) == only))
     return [f"selected epoch predicts one class ({label!r}) for every test image ({share:.0%} of the test labels); "
             "AUC ranks scores and can still look fine, accuracy is that class's share"]
+
+
+def _constant_label_set(y_true: np.ndarray, scores: np.ndarray, class_names: Sequence[str]) -> list[str]:
+    """Multilabel: every test image gets the same labels at the 0.5 threshold (often none at all, when positives are
+    rare), although the test images carry at least two different label sets."""
+    if len(scores) == 0 or len(np.unique(y_true, axis=0)) < 2:
+        return []
+    predicted = np.unique(scores > THRESHOLD, axis=0)
+    if len(predicted) > 1:
+        return []
+    on = np.flatnonzero(predicted[0])
+    labels = ", ".join(repr(class_names[i] if i < len(class_names) else str(i)) for i in on) or "none"
+    share = float(np.mean((y_true == predicted[0]).all(axis=1)))
+    return [f"selected epoch predicts one label set ({labels}) for every test image ({share:.0%} of the test images "
+            "have exactly it); AUC ranks scores and can still look fine, accuracy is the share of label entries that "
+            "set gets right"]
 
 
 def segmentation_stalled(log: pd.DataFrame, floor: float = DICE_FLOOR) -> list[str]:

@@ -199,10 +199,9 @@ def fit_and_test(module: FineTuner, model: torch.nn.Module, data: ImageDataset, 
     fitted = time.perf_counter()
     if trainer.is_global_zero:
         merge_log(workdir)
-    val_metrics = {k.removeprefix("val/"): float(v) for k, v in trainer.callback_metrics.items()
-                   if k.startswith("val/")}
     log = _read_log(workdir / "metrics.csv")
     best_epoch = _best_epoch(log, monitor, mode)
+    val_metrics = _logged_val_metrics(log, best_epoch)
     trainer.test(module, DataLoader(test_set, batch_size=eval_batch), ckpt_path=ckpt.best_model_path or None,
                  verbose=False, weights_only=True)
     tested = time.perf_counter()
@@ -240,3 +239,14 @@ def _best_epoch(log: pd.DataFrame, monitor: str, mode: str) -> int:
         return int(validated["epoch"].min()) if len(validated) else -1
     row = scores[monitor].idxmax() if mode == "max" else scores[monitor].idxmin()
     return int(scores.loc[row, "epoch"])
+
+
+def _logged_val_metrics(log: pd.DataFrame, epoch: int) -> dict[str, float]:
+    """The validation metrics logged at ``epoch``: those of the selected (tested) weights, not of the last epoch,
+    which is what Lightning's ``callback_metrics`` hold after fit. Read from the log, which a resumed run holds
+    whole (``resume.merge_log``); NaN where the metric was undefined; empty when nothing was validated."""
+    columns = [c for c in log if c.startswith("val/")]
+    rows = log.loc[log["epoch"] == epoch, columns].dropna(how="all") if "epoch" in log else log.iloc[:0]
+    if rows.empty:
+        return {}
+    return {c.removeprefix("val/"): float(rows[c].iloc[-1]) for c in columns}

@@ -1,10 +1,12 @@
 """What a table of means can hide: runs of different experiments in one cell, and runs that finished with a warning.
 
-Two experiment files (or one edited file) run into the same folder leave runs that share dataset, init, strategy
-and label fraction but not their config — say 15 and 30 epochs. Averaging them would report "n=4" for two seeds
-of two experiments. ``config_table`` gives each run a short *config key* (a hash of exactly the settings that differ
-inside some cell, seed aside) and a legend of those settings, so tables keep experiments apart; ``select_config``
-keeps one of them; ``check_one_experiment`` refuses a mix where one experiment is required (reports, tests).
+Two experiment files (or one edited file) run into the same folder leave runs that differ in their config — say 15
+and 30 epochs. Averaging them would report "n=4" for two seeds of two experiments; comparing them would pit one
+experiment's init against the other's baseline, even when no cell holds both (one file with the random init, one
+with SimCLR). ``config_table`` gives each run a short *config key* (a hash of exactly the settings one experiment
+holds fixed but these runs do not, see ``SCOPES``) and a legend of those settings, so tables keep experiments apart;
+``select_config`` keeps one of them; ``check_one_experiment`` refuses a mix where one experiment is required
+(reports, tests).
 ``warning_table`` lists the warnings that ``finetune.diagnostics`` stored with each run.
 """
 
@@ -13,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 
+import numpy as np
 import pandas as pd
 
 from medtransfer.errors import ConfigError, allowed
@@ -21,6 +24,15 @@ CELL = ("dataset", "init", "strategy", "fraction")
 RUN_KEYS = (*CELL, "seed")
 AXES = {"policy": "none"}  # grid axes beyond the cell, with the value of runs that do not set them
 KEY_DIGITS = 6
+# Settings that differ between the runs of one experiment, and the run columns they go with: the grid's own axes
+# and what the grid derives from them. Each is one value among runs sharing those columns ("cell": dataset, init,
+# strategy, fraction and grid axes); every other setting (backbone, schedule...) is one value per experiment.
+SCOPES = {"train.last_batch": "cell",  # follows the size of the labelled subset (``grid._train_identity``)
+          "train.monitor": ("dataset",), "train.segmentation": ("dataset",),  # resolved by the dataset's task
+          "dataset": ("dataset",), "imbalance": ("dataset",),  # the dataset label names its options and ratio
+          "init": ("dataset", "init"),  # e.g. one pre-training (one hash) per dataset; a fusion's members
+          "strategy": ("strategy",), "policy": ("policy",)}
+OWN_COLUMNS = {"seed", "fraction"}  # settings that are the runs' own columns: never a config's difference
 _LONG = 16  # longer values (checkpoint hashes, paths) are shortened in the legend
 
 
@@ -45,33 +57,45 @@ def _flatten(config, prefix: str = "") -> dict:
 
 
 def differing_settings(rows: pd.DataFrame) -> list[str]:
-    """The config keys (dotted paths, seed aside) whose values differ between runs of one (dataset, init, strategy,
-    fraction) cell: the settings that tell the experiments in ``rows`` apart. Empty for a single experiment."""
+    """The config keys (dotted paths, seed and fraction aside) that take several values where one experiment has one
+    (``SCOPES``: inside a cell for every key; across the whole folder for the backbone or schedule): the settings
+    that tell the experiments in ``rows`` apart, even when no cell holds two of them. Empty for a single experiment.
+    """
     if "config" not in rows or rows.empty:  # a hand-made frame: nothing to tell experiments apart by
         return []
     flat = [_flatten(c) for c in rows["config"]]
-    cells = list(rows.groupby(with_axes(CELL, rows), sort=False).indices.values())
-    differing = sorted(_differing(flat, cells))
+    differing = sorted(_differing(flat, rows))
     # An init's content (e.g. its pre-training's hash) differs between experiments that differ in another setting
     # (two backbones, each pre-trained): those settings already tell the experiments apart, and keying on the init
     # too would split each experiment's inits into separate configs, so that none could be compared with its baseline
     others = [key for key in differing if not key.startswith("init.")]
     if others and others != differing:
-        split = [[i for i in cell if tuple(flat[i].get(k) for k in others) == values]
-                 for cell in cells for values in {tuple(flat[i].get(k) for k in others) for i in cell}]
-        if not _differing(flat, split):
+        experiments: dict[tuple, int] = {}
+        tags = [experiments.setdefault(tuple(f.get(k) for k in others), len(experiments)) for f in flat]
+        if not _differing(flat, rows, tags):
             return others
     return differing
 
 
-def _differing(flat: list[dict], groups: list) -> set[str]:
-    """The keys (seed aside) that take several values inside any of ``groups`` (positions into ``flat``)."""
+def _scope(key: str, rows: pd.DataFrame) -> tuple[str, ...]:
+    """The run columns among which ``key`` takes one value in one experiment (``SCOPES``; none: the whole folder)."""
+    scope = next((s for path, s in SCOPES.items() if key == path or key.startswith(path + ".")), ())
+    return tuple(c for c in (with_axes(CELL, rows) if scope == "cell" else scope) if c in rows)
+
+
+def _differing(flat: list[dict], rows: pd.DataFrame, tags: list[int] | None = None) -> set[str]:
+    """The keys (seed and fraction aside) of ``flat`` (one per run of ``rows``) that take several values among runs
+    sharing the columns of their ``_scope`` (and their ``tags``, when given)."""
+    groups: dict[tuple, list[np.ndarray]] = {}  # scope -> positions of each group of runs
     differing: set[str] = set()
-    for positions in groups:
-        group = [flat[i] for i in positions]
-        for key in set().union(*group) - {"seed"} - differing:
-            if len({g.get(key) for g in group}) > 1:
-                differing.add(key)
+    for key in set().union(*flat) - OWN_COLUMNS:
+        scope = _scope(key, rows)
+        if scope not in groups:
+            frame = pd.DataFrame({c: rows[c].to_numpy() for c in scope} | ({"experiment": tags} if tags else {}))
+            groups[scope] = (list(frame.groupby(list(frame), sort=False, dropna=False).indices.values())
+                             if len(frame.columns) else [np.arange(len(flat))])
+        if any(len({flat[i].get(key) for i in positions}) > 1 for positions in groups[scope]):
+            differing.add(key)
     return differing
 
 
@@ -124,8 +148,9 @@ def check_one_experiment(rows: pd.DataFrame) -> None:
     configs = config_table(rows)
     if configs is None:
         return
-    raise ConfigError(f"this store mixes experiments: runs of one cell differ in config keys "
-                      f"{', '.join(differing_settings(rows))} ({legend(configs)}); report one of them with "
+    raise ConfigError(f"this store mixes experiments: its runs differ in config keys "
+                      f"{', '.join(differing_settings(rows))}, which one experiment holds fixed ({legend(configs)}); "
+                      "report one of them with "
                       "--config KEY (in Python: select_config(rows, KEY)), or run the edited experiment into a new "
                       "folder")
 
