@@ -224,3 +224,42 @@ def test_imbalance_axis_multiplies_the_grid_and_only_set_ratios_change_ids():
     assert not resample_ids & set(plain)
     subsample = cfg_of(datasets=[SMALL], imbalance=[10])
     assert not resample_ids & set(ids_of(subsample))  # the mode is part of the run
+
+
+def test_a_named_rare_class_keys_natural_runs_and_runs_without_one_keep_their_ids():
+    """rare_class picks the class of a natural run's rare_ap/rare_recall, so it is part of the run; multi-label,
+    segmentation and fusion runs compute no rare-class metric, so it leaves their ids alone."""
+    plain = ids_of(cfg_of(datasets=[SMALL]))
+    assert plain[0] == "d557759ea53cde32aa507beae4591e5ba5bf6134fee73a5c7919763f513d9ebf"  # pinned above
+    cfgs = {rare: cfg_of(datasets=[SMALL], imbalance={"ratios": [None, 3], "rare_class": rare})
+            for rare in (None, 1, "nodule")}
+    natural = {rare: [s.run_id(cfg, SHA[s.init.name]) for s in expand(cfg) if s.imbalance is None]
+               for rare, cfg in cfgs.items()}
+    assert natural[None] == plain
+    assert not set(natural[1]) & set(plain) and not set(natural["nodule"]) & set(natural[1])
+    spec = next(s for s in expand(cfgs[1]) if s.imbalance is None)
+    assert spec.resolved(cfgs[1], None)["imbalance"] == {"ratio": None, "rare_class": 1}
+    for others in ({"segmentation": True}, {"label_names": ("a", "b")}):
+        assert spec.run_id(cfgs[1], None, **others) == spec.run_id(cfgs[None], None, **others)
+    inits = [{"label": "a", "checkpoint": "/c/a.safetensors"}, {"label": "f", "fuse": [{"label": "a"}] * 2}]
+    fusions = [[(s, cfg) for s in expand(cfg) if s.init.fuse] for cfg in
+               (cfg_of(inits=inits), cfg_of(inits=inits, imbalance={"rare_class": 1}))]
+    assert [s.run_id(cfg, "f" * 64) for s, cfg in fusions[0]] == [s.run_id(cfg, "f" * 64) for s, cfg in fusions[1]]
+
+
+def _csv_run(uncertain):
+    return _single(datasets=[{"name": "csv", "root": "/data", "csv": "labels.csv", "label_columns": ["a", "b", "c"],
+                              "uncertain": uncertain}])
+
+
+def test_runs_that_trained_targets_of_minus_one_get_new_ids_the_other_policies_keep_theirs():
+    """Ids pinned before the soft-target fix: a U-Ones/U-Zeros label after a smoothed one trained -1 then."""
+    names = ("a", "b", "c")
+    kept, kept_cfg = _csv_run({"a": "ones", "b": "zeros", "c": "smoothed_ones"})
+    assert kept.run_id(kept_cfg, None, label_names=names) == (
+        "a043691ee1387bc314d35e6d446d33a1b1ec92a6af019f7d7ee57af3d38b4d29")
+    assert "soft_targets" not in kept.resolved(kept_cfg, None, label_names=names)["dataset"]
+    fixed, fixed_cfg = _csv_run({"a": "smoothed_ones"})  # b and c default to zeros
+    assert fixed.run_id(fixed_cfg, None, label_names=names) != (
+        "c30679cd4c81edf60004613439a62e93e6a6bb8b0108019af57751ea40155c71")
+    assert fixed.resolved(fixed_cfg, None, label_names=names)["dataset"]["soft_targets"] == "final_labels"

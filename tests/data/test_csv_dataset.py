@@ -1,12 +1,14 @@
 """Classification from CSV: label layouts, CheXpert uncertainty policies, ChestX-ray14 lists, patient splits."""
 
+import itertools
+
 import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
 
 from medtransfer.data import load_dataset
-from medtransfer.data.csv_dataset import TargetSplit, uncertain_targets
+from medtransfer.data.csv_dataset import UNCERTAIN_POLICIES, TargetSplit, had_negative_targets, uncertain_targets
 from medtransfer.errors import DataError
 
 RAW = np.array([[1, -1, np.nan], [0, -1, -1], [-1, 0, 1]], float)
@@ -49,6 +51,42 @@ def test_per_label_policies():
     np.testing.assert_array_equal(labels, [[1, 0, 0], [0, 0, 0], [1, 0, 1]])
     np.testing.assert_array_equal(mask, [[True, False, True], [True, False, True], [True, True, True]])
     assert soft is None
+
+
+@pytest.mark.parametrize("policies", list(itertools.product(UNCERTAIN_POLICIES, repeat=3)))
+def test_every_mix_and_order_of_policies_gives_each_column_its_own_targets(policies):
+    """A U-Ones/U-Zeros column after a smoothed one once kept soft target -1; draws go to smoothed columns only, in
+    column order, so they are those an all-smoothed call makes (why unaffected runs keep their ids)."""
+    labels, soft, mask = uncertain_targets(RAW, list(policies), np.random.default_rng(0))
+    soft = labels.astype(np.float32) if soft is None else soft
+    assert ((soft >= 0) & (soft <= 1)).all()
+    uncertain, certain = RAW == -1, np.nan_to_num(RAW)
+    replay = np.random.default_rng(0)
+    for column, policy in enumerate(policies):
+        here, kept = uncertain[:, column], ~uncertain[:, column]
+        np.testing.assert_array_equal(soft[kept, column], certain[kept, column])
+        np.testing.assert_array_equal(labels[kept, column], certain[kept, column])
+        assert (labels[here, column] == (policy in ("ones", "smoothed_ones"))).all()
+        assert (mask is not None and not mask[here, column].any()) == (policy == "ignore")
+        if policy in ("ones", "zeros"):
+            assert (soft[here, column] == (policy == "ones")).all()
+        elif policy.startswith("smoothed"):
+            lo, hi = (0.55, 0.85) if policy == "smoothed_ones" else (0.0, 0.3)
+            np.testing.assert_array_equal(soft[here, column], replay.uniform(lo, hi, here.sum()).astype(np.float32))
+            assert ((soft[here, column] >= lo) & (soft[here, column] <= hi)).all()
+
+
+@pytest.mark.parametrize("uncertain, changed", [
+    ({"a": "smoothed_ones"}, True),  # b and c default to zeros
+    ({"a": "smoothed_zeros", "b": "ignore", "c": "ones"}, True),
+    ({"a": "ones", "b": "zeros", "c": "smoothed_ones"}, False),  # smoothed last: nothing after it
+    ({"a": "smoothed_ones", "b": "smoothed_zeros", "c": "smoothed_ones"}, False),  # Pham et al.'s mix
+    ({"a": "smoothed_ones", "b": "ignore", "c": "smoothed_zeros"}, False),  # ignored entries never reach the loss
+    ("smoothed_ones", False), ("ones", False), (None, False),
+])
+def test_had_negative_targets_names_exactly_the_policies_whose_targets_changed(uncertain, changed):
+    assert had_negative_targets(uncertain, ("a", "b", "c")) is changed
+    assert not had_negative_targets(uncertain, ())  # not a multi-label dataset: no policy acts
 
 
 def test_chexpert_preset_reads_paths_patients_views_and_policy(tmp_path):

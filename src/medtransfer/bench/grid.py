@@ -1,19 +1,21 @@
 """Expanding an experiment into runs, each identified by the hash of its fully resolved config.
 
 The hash covers everything that changes a result (data and its options, backbone, the init's *content* hash and
-input normalisation, strategy, label fraction, seed, schedule; the training policy and the imbalance ratio only when
-set) and nothing that does not (hardware, output folder), so re-running an experiment on another machine skips what
-is finished and a changed checkpoint file is never mistaken for the old.
+input normalisation, strategy, label fraction, seed, schedule; the training policy, the imbalance ratio and the named
+rare class only when set) and nothing that does not (hardware, output folder), so re-running an experiment on another
+machine skips what is finished and a changed checkpoint file is never mistaken for the old.
 """
 
 from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
+from typing import Sequence
 
 from medtransfer.bench.store import config_hash
 from medtransfer.config import DatasetConfig, ExperimentConfig, InitConfig
 from medtransfer.data import identity_options
+from medtransfer.data.csv_dataset import had_negative_targets
 from medtransfer.imbalance import Imbalance, with_ratio
 from medtransfer.data.normalisation import DEFAULT, Normalisation
 from medtransfer.finetune.batches import drops_with_full_batches
@@ -39,14 +41,21 @@ class RunSpec:
                 "policy": self.policy.label()}
 
     def resolved(self, cfg: ExperimentConfig, init_sha256: str | None, segmentation: bool = False,
-                 normalisation: Normalisation = DEFAULT, n_train: int | None = None) -> dict:
+                 normalisation: Normalisation = DEFAULT, n_train: int | None = None,
+                 label_names: Sequence[str] = ()) -> dict:
         """The run as it acts; ``normalisation`` is the init's for this dataset's channels (stored for every run);
-        ``n_train``, the size of its labelled subset, tells whether it keeps a partial last batch (``train.py``).
+        ``n_train``, the size of its labelled subset, tells whether it keeps a partial last batch (``train.py``);
+        ``label_names``, the labels of a multi-label dataset (() for other tasks), which uncertain policies act on.
         A training policy is in it only when set, so runs without one keep the ids they had before policies."""
         dataset = self.dataset.model_dump(mode="json")
         dataset["options"] = identity_options(dataset["options"])
         if dataset["resize_mode"] == "linear":  # the only mode before there was a choice: those runs keep their ids
             del dataset["resize_mode"]
+        if had_negative_targets(dataset["options"].get("uncertain"), label_names):
+            dataset["soft_targets"] = "final_labels"  # these runs trained targets of -1 before: not the same runs
+        # a named rare class picks a natural run's rare_ap/rare_recall (single-label non-fusion runs: others have none)
+        named_rare = (cfg.imbalance.rare_class if self.imbalance is None and not segmentation and not label_names
+                      and not self.init.fuse else None)
         init = {"kind": _init_kind(self.init), "sha256": init_sha256, "normalisation": normalisation.to_dict()}
         if self.init.fuse:  # read by the report; the content hash in ``sha256`` identifies the members
             init["members"] = [{"init": name, "strategy": None if m.strategy is None else m.strategy.label()}
@@ -60,13 +69,15 @@ class RunSpec:
                                          and drops_with_full_batches(max(n_train, cfg.train.min_samples_per_epoch),
                                                                      cfg.train.batch_size)),
                 **({} if self.policy.is_none else {"policy": self.policy.identity()}),
-                **({"imbalance": self.imbalance.to_dict()} if self.imbalance else {})}  # set only: old ids stay
+                **({"imbalance": self.imbalance.to_dict()} if self.imbalance else {}),  # set only: old ids stay
+                **({"imbalance": {"ratio": None, "rare_class": named_rare}} if named_rare is not None else {})}
 
     def run_id(self, cfg: ExperimentConfig, init_sha256: str | None, segmentation: bool = False,
-               normalisation: Normalisation = DEFAULT, n_train: int | None = None) -> str:
+               normalisation: Normalisation = DEFAULT, n_train: int | None = None,
+               label_names: Sequence[str] = ()) -> str:
         """Hash of ``resolved``; a 0.5 / 0.5 normalisation, which every run used before inits carried their own, is
         left out, so those runs keep the ids their stored results have."""
-        identity = self.resolved(cfg, init_sha256, segmentation, normalisation, n_train)
+        identity = self.resolved(cfg, init_sha256, segmentation, normalisation, n_train, label_names)
         if normalisation.is_default:
             del identity["init"]["normalisation"]
         identity["init"].pop("members", None)  # names only: renaming a member's label re-runs nothing

@@ -170,12 +170,14 @@ def run_normalisation(prepared: Prepared, spec: RunSpec) -> Normalisation:
     return prepared.init_normalisation[spec.init.name].for_channels(prepared.data[spec.dataset_label].in_chans)
 
 
-def run_identity(prepared: Prepared, spec: RunSpec) -> tuple[str | None, bool, Normalisation, int]:
+def run_identity(prepared: Prepared, spec: RunSpec) -> tuple[str | None, bool, Normalisation, int, tuple]:
     """What identifies a run besides its config: the init's content hash, whether it segments (which settings act on
-    it), the normalisation it is fed and its number of labelled images; ``RunSpec.run_id``/``resolved`` take these,
-    in every executor."""
-    return (prepared.init_sha256[spec.init.name], prepared.data[spec.dataset_label].task == "segmentation",
-            run_normalisation(prepared, spec), len(prepared.subsets[spec.dataset_label, spec.fraction, spec.seed]))
+    it), the normalisation it is fed, its number of labelled images and a multi-label dataset's labels;
+    ``RunSpec.run_id``/``resolved`` take these, in every executor."""
+    data = prepared.data[spec.dataset_label]
+    return (prepared.init_sha256[spec.init.name], data.task == "segmentation", run_normalisation(prepared, spec),
+            len(prepared.subsets[spec.dataset_label, spec.fraction, spec.seed]),
+            tuple(data.class_names) if data.task == "multilabel" else ())
 
 
 def run_pretrainings(cfg: ExperimentConfig, prepared: Prepared, folder: Path, verbose: bool) -> None:

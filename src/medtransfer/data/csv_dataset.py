@@ -50,25 +50,39 @@ class TargetSplit(Split):
 
 
 def uncertain_targets(raw: np.ndarray, policies: Sequence[str], rng: np.random.Generator):
-    """(N, L) raw values in {1, 0, -1, NaN} -> int labels, float soft labels (or None), bool mask (or None)."""
+    """(N, L) raw values in {1, 0, -1, NaN} -> int labels, float soft labels (or None), bool mask (or None).
+
+    ``soft`` starts from the final labels of every column, so a U-Ones/U-Zeros column keeps its 1/0 whatever
+    column precedes it; only smoothed columns get draws (in column order, so the draws stay those of before)."""
     raw = np.where(np.isnan(raw), 0.0, raw)  # blank = not mentioned = negative
     uncertain = raw == -1
     labels = raw.astype(np.int64)
-    soft = mask = None
+    mask = None
     for column, policy in enumerate(policies):
         here = uncertain[:, column]
         labels[here, column] = 1 if policy in ("ones", "smoothed_ones") else 0
         if policy == "ignore":
             mask = np.ones(raw.shape, bool) if mask is None else mask
             mask[here, column] = False
+    if not any(policy in SMOOTHING_RANGES for policy in policies):
+        return labels, None, mask
+    soft = labels.astype(np.float32)
+    for column, policy in enumerate(policies):
         if policy in SMOOTHING_RANGES:
-            soft = labels.astype(np.float32) if soft is None else soft
-            lo, hi = SMOOTHING_RANGES[policy]
-            soft[here, column] = rng.uniform(lo, hi, int(here.sum()))
-    if soft is not None:
-        hard = ~uncertain
-        soft[hard] = labels[hard]
+            here = uncertain[:, column]
+            soft[here, column] = rng.uniform(*SMOOTHING_RANGES[policy], int(here.sum()))
     return labels, soft, mask
+
+
+def had_negative_targets(uncertain: str | Mapping[str, str] | None, class_names: Sequence[str]) -> bool:
+    """Whether ``uncertain`` over these labels trained target -1 before soft targets were built from the final
+    labels: a U-Ones/U-Zeros label after the first smoothed one kept -1 for its uncertain entries. The grid gives
+    such runs new ids (``bench/grid.py``), so their stored results are not reused; all other policies kept theirs."""
+    if uncertain is None or not class_names:
+        return False
+    policies = _policies(uncertain, class_names, "uncertain")
+    smoothed = [column for column, policy in enumerate(policies) if policy in SMOOTHING_RANGES]
+    return bool(smoothed) and any(policy in ("ones", "zeros") for policy in policies[smoothed[0] + 1:])
 
 
 def _policies(uncertain: str | Mapping[str, str], class_names: Sequence[str], where: str) -> list[str]:
