@@ -263,3 +263,25 @@ def test_runs_that_trained_targets_of_minus_one_get_new_ids_the_other_policies_k
     assert fixed.run_id(fixed_cfg, None, label_names=names) != (
         "c30679cd4c81edf60004613439a62e93e6a6bb8b0108019af57751ea40155c71")
     assert fixed.resolved(fixed_cfg, None, label_names=names)["dataset"]["soft_targets"] == "final_labels"
+
+
+def test_frozen_strategies_on_nearest_data_get_new_ids_and_stay_one_experiment():
+    """Ids pinned before the frozen-feature cache keyed the resize mode: a linear/knn/depth-range run on nearest data
+    may have read features of linear resizes then, so it must not find its stored result; linear-resize data and
+    end-to-end runs (which never read the cache) keep theirs, and the marker never splits one experiment."""
+    import pandas as pd
+
+    from medtransfer.report.integrity import differing_settings
+
+    cfg = validate_config({"name": "x", "datasets": [{"name": "synthetic2d", "resize": 32},
+                                                     {"name": "synthetic2d", "resize": 32, "resize_mode": "nearest"}],
+                           "inits": ["random"], "strategies": ["end_to_end", "linear", "knn", "q2"]}, ExperimentConfig)
+    ids = {(s.labels()["dataset"].endswith("nearest]"), s.strategy.name): s.run_id(cfg, "abc")[:16]
+           for s in expand(cfg)}
+    assert [ids[False, name] for name in ("end_to_end", "linear", "knn", "range")] == [
+        "c3dcb6ed717d11d1", "3953a504accb4b55", "c65cffb673a4ea21", "b979566041fde97c"]
+    assert ids[True, "end_to_end"] == "52d04a52d49e295d"
+    old_nearest = {"linear": "ea2851b8d06d82c1", "knn": "e9eaec5ec8fc0fb1", "range": "82689586700c63f8"}
+    assert all(ids[True, name] != old for name, old in old_nearest.items())
+    rows = pd.DataFrame([{**s.labels(), "config": s.resolved(cfg, "abc")} for s in expand(cfg)])
+    assert differing_settings(rows) == []

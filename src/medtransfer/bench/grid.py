@@ -62,12 +62,16 @@ class RunSpec:
                                for m, name in zip(self.init.fuse, fusion_member_names(self.init))]
             if self.dataset.resize_mode != "linear":  # stored before this key, such a fusion was fed linear
                 init["members_resized"] = self.dataset.resize_mode  # resizes: a new id, so it is run again
+        train = _train_identity(cfg, segmentation, self.strategy.name != "knn" and n_train is not None
+                                and self.imbalance is None  # new runs: nothing stored to keep apart
+                                and drops_with_full_batches(max(n_train, cfg.train.min_samples_per_epoch),
+                                                            cfg.train.batch_size))
+        if self.dataset.resize_mode != "linear" and self.strategy.name != "end_to_end" and not self.init.fuse:
+            train["frozen_features"] = "resize_mode_keyed"  # before the feature cache keyed the resize mode, a frozen
+            # part may have been served linear resizes: a new id, so it is run again (end-to-end never read the cache)
         return {"dataset": dataset, "backbone": cfg.backbone.model_dump(mode="json"), "init": init,
                 "strategy": self.strategy.model_dump(mode="json"), "fraction": self.fraction, "seed": self.seed,
-                "train": _train_identity(cfg, segmentation, self.strategy.name != "knn" and n_train is not None
-                                         and self.imbalance is None  # new runs: nothing stored to keep apart
-                                         and drops_with_full_batches(max(n_train, cfg.train.min_samples_per_epoch),
-                                                                     cfg.train.batch_size)),
+                "train": train,
                 **({} if self.policy.is_none else {"policy": self.policy.identity()}),
                 **({"imbalance": self.imbalance.to_dict()} if self.imbalance else {}),  # set only: old ids stay
                 **({"imbalance": {"ratio": None, "rare_class": named_rare}} if named_rare is not None else {})}

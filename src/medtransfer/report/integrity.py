@@ -28,6 +28,7 @@ KEY_DIGITS = 6
 # and what the grid derives from them. Each is one value among runs sharing those columns ("cell": dataset, init,
 # strategy, fraction and grid axes); every other setting (backbone, schedule...) is one value per experiment.
 SCOPES = {"train.last_batch": "cell",  # follows the size of the labelled subset (``grid._train_identity``)
+          "train.frozen_features": "cell",  # follows the strategy and the dataset's resize mode (``grid.RunSpec``)
           "train.monitor": ("dataset",), "train.segmentation": ("dataset",),  # resolved by the dataset's task
           "dataset": ("dataset",), "imbalance": ("dataset",),  # the dataset label names its options and ratio
           "init": ("dataset", "init"),  # e.g. one pre-training (one hash) per dataset; a fusion's members
