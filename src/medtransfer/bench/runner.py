@@ -128,7 +128,7 @@ def prepare(cfg: ExperimentConfig) -> Prepared:
                 prepared.subsets[label, fraction, seed] = label_fraction_indices(
                     data.train.labels, data.task, fraction, seed)
                 for setting in cfg.imbalance.settings():  # an unreachable ratio fails here, naming the largest
-                    _imbalance_plan(cfg, label, data, prepared.subsets[label, fraction, seed], fraction, seed, setting)
+                    imbalance_plan(cfg, label, data, prepared.subsets[label, fraction, seed], fraction, seed, setting)
         if cfg.imbalance.mode == "resample" and any(isinstance(s, KNN) for s in cfg.strategies):
             raise ConfigError("imbalance.mode: 'resample' draws examples per epoch, and strategy knn has no epochs; "
                               "allowed with knn: subsample")
@@ -194,8 +194,9 @@ def run_pretrainings(cfg: ExperimentConfig, prepared: Prepared, folder: Path, ve
     identify_fusions(cfg, prepared)
 
 
-def _imbalance_plan(cfg: ExperimentConfig, label: str, data: ImageDataset, subset: np.ndarray, fraction: float,
-                    seed: int, setting):
+def imbalance_plan(cfg: ExperimentConfig, label: str, data: ImageDataset, subset: np.ndarray, fraction: float,
+                   seed: int, setting):
+    """The run's training data under its imbalance ``setting`` (None: natural ratio), as ``run_one`` trains it."""
     return plan_imbalance(data.train.labels, data.task, subset, seed, setting, cfg.imbalance.rare_class,
                           list(data.class_names), f"{label} at label fraction {fraction:g}, seed {seed}")
 
@@ -213,7 +214,7 @@ def run_one(cfg: ExperimentConfig, spec: RunSpec, prepared: Prepared, workdir: P
         load_init(backbone, init_file, normalisation=prepared.init_normalisation[spec.init.name])
     view = cfg.backbone.view or backbone.default_view
     indices = prepared.subsets[spec.dataset_label, spec.fraction, spec.seed]
-    plan = _imbalance_plan(cfg, spec.dataset_label, data, indices, spec.fraction, spec.seed, spec.imbalance)
+    plan = imbalance_plan(cfg, spec.dataset_label, data, indices, spec.fraction, spec.seed, spec.imbalance)
     indices = indices if plan is None else plan.indices
     with torch_threads(cfg.hardware.cpus_per_run):
         result = fine_tune(data, indices, backbone, spec.strategy, view, cfg.train, cfg.hardware, spec.seed, workdir,

@@ -1,12 +1,14 @@
 """What the grid a recommendation ranks costs, so the probes can be held to a share of it (``budget``).
 
 The runs are those the grid would make for the ranked strategies (every seed, policy and imbalance setting of the
-experiment). A finished run costs its measured ``timings.fit_s``; an unfinished one the mean measured ``fit_s`` of
-its strategy's finished runs in the same (dataset, init, fraction), and otherwise an estimate: epochs x steps per
-epoch x the seconds per end-to-end training step measured during the gradient profile (``rgn.py``) x the strategy's
-share of that step (``Candidate.step_share``: only the units from its first trained one to its read-out run). The
-estimate leaves out validation passes and counts nothing for strategies that train no unit (linear, k-NN: features
-computed once), so it errs low and the budget holds against the grid as it really runs.
+experiment), each with its own number of training steps (a run at an imbalance ratio trains on its thinned subset
+or its per-epoch draw, not on the whole labelled subset). A finished run costs its measured ``timings.fit_s``; an
+unfinished one its steps x the measured seconds per step of its strategy's finished runs in the same (dataset, init,
+fraction), and otherwise an estimate: its steps x the seconds per end-to-end training step measured during the
+gradient profile (``rgn.py``) x the strategy's share of that step (``Candidate.step_share``: only the units from its
+first trained one to its read-out run). The estimate leaves out validation passes and counts nothing for strategies
+that train no unit (linear, k-NN: features computed once), so it errs low and the budget holds against the grid as
+it really runs.
 """
 
 from __future__ import annotations
@@ -14,8 +16,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import numpy as np
 
 from medtransfer.bench.store import ResultStore
 
@@ -25,7 +25,7 @@ class GroupCost:
     """The grid's fine-tuning cost for one (dataset, init, fraction)."""
 
     runs: dict[str, list[str]]  # strategy label -> run ids of its runs in the grid
-    steps_per_run: int  # training steps of one run (epochs x steps per epoch)
+    steps: dict[str, int]  # run id -> its training steps (epochs x steps per epoch of its own training data)
     measured: dict[str, float] = field(default_factory=dict)  # run id -> fit_s of the finished runs
 
     def total(self, seconds_per_step: float, step_share: dict[str, float]) -> float:
@@ -33,11 +33,10 @@ class GroupCost:
         unit)."""
         total = 0.0
         for label, ids in self.runs.items():
-            known = [self.measured[i] for i in ids if i in self.measured]
-            if known:
-                total += sum(known) + (len(ids) - len(known)) * float(np.mean(known))
-            else:
-                total += len(ids) * self.steps_per_run * seconds_per_step * step_share[label]
+            known = [i for i in ids if i in self.measured]
+            per_step = (sum(self.measured[i] for i in known) / sum(self.steps[i] for i in known) if known
+                        else seconds_per_step * step_share[label])
+            total += sum(self.measured[i] if i in self.measured else self.steps[i] * per_step for i in ids)
         return total
 
     @property

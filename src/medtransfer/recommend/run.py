@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from medtransfer.bench.grid import dataset_labels, expand
-from medtransfer.bench.runner import Prepared, prepare, quiet_lightning, run_identity, run_pretrainings
+from medtransfer.bench.grid import RunSpec, dataset_labels, expand
+from medtransfer.bench.runner import (Prepared, imbalance_plan, prepare, quiet_lightning, run_identity,
+                                     run_pretrainings)
 from medtransfer.config import ExperimentConfig
 from medtransfer.errors import ConfigError
 from medtransfer.recommend.candidates import Candidate, describe, ranked_strategies
@@ -44,17 +45,24 @@ def _group_costs(cfg: ExperimentConfig, prepared: Prepared, strategies, folder: 
     grid = cfg.model_copy(update={"strategies": strategies})
     measured = measured_fit_seconds(folder)
     runs: dict[tuple, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
+    steps: dict[str, int] = {}
     for spec in expand(grid):
         if not spec.init.fuse:
-            key = (spec.dataset_label, spec.init.name, spec.fraction)
-            runs[key][spec.strategy.label()].append(spec.run_id(grid, *run_identity(prepared, spec)))
-    costs = {}
-    for (label, init, fraction), by_strategy in runs.items():
-        n_train = len(prepared.subsets[label, fraction, cfg.seeds[0]])
-        per_run = steps_per_run(n_train, cfg.train.epochs, cfg.train.batch_size, cfg.train.min_samples_per_epoch)
-        costs[label, init, fraction] = GroupCost(dict(by_strategy), per_run, {
-            i: measured[i] for ids in by_strategy.values() for i in ids if i in measured})
-    return costs
+            run_id = spec.run_id(grid, *run_identity(prepared, spec))
+            runs[spec.dataset_label, spec.init.name, spec.fraction][spec.strategy.label()].append(run_id)
+            steps[run_id] = _training_steps(cfg, prepared, spec)
+    return {key: GroupCost(dict(by_strategy), {i: steps[i] for ids in by_strategy.values() for i in ids},
+                           {i: measured[i] for ids in by_strategy.values() for i in ids if i in measured})
+            for key, by_strategy in runs.items()}
+
+
+def _training_steps(cfg: ExperimentConfig, prepared: Prepared, spec: RunSpec) -> int:
+    """A run's training steps, from the data it trains on: the labelled subset, or at an imbalance ratio its thinned
+    subset (``subsample``) or its per-epoch draw (``resample``)."""
+    data, subset = prepared.data[spec.dataset_label], prepared.subsets[spec.dataset_label, spec.fraction, spec.seed]
+    plan = imbalance_plan(cfg, spec.dataset_label, data, subset, spec.fraction, spec.seed, spec.imbalance)
+    n_train = len(subset) if plan is None else plan.draw.size if plan.draw is not None else len(plan.indices)
+    return steps_per_run(n_train, cfg.train.epochs, cfg.train.batch_size, cfg.train.min_samples_per_epoch)
 
 
 def recommend(cfg: ExperimentConfig, folder: str | Path | None = None, budget: float = DEFAULT_BUDGET,
