@@ -477,6 +477,19 @@ def test_a_pretraining_init_is_checked_once_and_run_from_the_same_plan(tmp_path,
     assert len(checks) == 1 and runs == checks
 
 
+def test_a_pretraining_runs_with_cpus_per_run_threads_as_a_ray_task_does(tmp_path, fake, monkeypatch):
+    import torch
+
+    threads, run = [], runner.PretrainPlan.run
+    monkeypatch.setattr(runner.PretrainPlan, "run",
+                        lambda plan, *a, **k: threads.append(torch.get_num_threads()) or run(plan, *a, **k))
+    before = torch.get_num_threads()  # + 1: never the count the process runs with anyway
+    cfg = experiment(inits=["random", {"label": "ssl", "pretrain": TINY_PRETRAIN}], strategies=["linear"],
+                     label_fractions=[1.0], hardware={"accelerator": "cpu", "cpus_per_run": before + 1})
+    assert run_experiment(cfg, tmp_path / "exp", progress=False).done == 2
+    assert threads == [before + 1] and torch.get_num_threads() == before
+
+
 def test_a_method_that_cannot_pretrain_the_backbone_names_the_init(tmp_path, fake):
     init = {"label": "ssl", "pretrain": {**TINY_PRETRAIN, "method": "mae"}}  # MAE needs a ViT
     with pytest.raises(ConfigError, match=r"inits \(ssl\): method: 'mae' needs a vit backbone.*allowed methods"):

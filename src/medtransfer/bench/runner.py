@@ -185,7 +185,9 @@ def run_pretrainings(cfg: ExperimentConfig, prepared: Prepared, folder: Path, ve
     for name, plan in prepared.pretrain_plans.items():
         output = plan.cfg.output or default_output(plan.cfg, folder / "pretrain")
         # DDP ranks > 0 join rank 0's pre-training, so only rank 0 may wait for another process's
-        with pretraining_lock(output) if rank_zero_only.rank == 0 else nullcontext():
+        # cpus_per_run threads, as a Ray pre-training task has: on CPU the thread count changes the weights
+        with torch_threads(cfg.hardware.cpus_per_run), (pretraining_lock(output) if rank_zero_only.rank == 0
+                                                        else nullcontext()):
             checkpoint = plan.run(output, verbose=verbose)
         _check_fits(cfg, checkpoint, str(checkpoint), prepared)
         prepared.init_files[name] = checkpoint
