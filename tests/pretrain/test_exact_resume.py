@@ -92,9 +92,9 @@ def test_a_resume_state_without_random_states_is_not_continued(tmp_path, monkeyp
 def test_the_online_probe_leaves_the_saved_backbone_bit_identical(tmp_path):
     plain = pretrain(config(), tmp_path / "plain")
     probed = pretrain(config(online_probe=True), tmp_path / "probe")
+    assert_identical(plain, probed)
     assert read_metadata(probed)["online_probe"] is True  # and it ran: a validation score per epoch
     assert (tmp_path / "probe" / "metrics.csv").read_text().splitlines()[0].count("probe/val_auc") == 1
-    assert_identical(plain, probed)
 
 
 def test_a_checkpoint_the_old_probe_perturbed_is_trained_again_and_a_probe_off_one_is_reused(tmp_path):
