@@ -256,7 +256,8 @@ class PretrainPlan:
                             n_images=len(data.train), **labels_info)
         probe = None
         if cfg.online_probe:
-            with torch.random.fork_rng(devices=[]):  # built on the CPU: the method's draws stay those of a probe-off run
+            # built on the CPU, after the method, on a forked state: the method's draws stay those of a probe-off run
+            with torch.random.fork_rng(devices=[]):
                 probe = OnlineProbe(backbone.num_features, data.task, data.num_classes)
         normalisation = self.init_normalisation.for_channels(data.in_chans)
         for part in method.modules():  # multi_ssl's sub-methods normalise for themselves
