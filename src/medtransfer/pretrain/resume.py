@@ -6,8 +6,8 @@ buffers such as lightly's MoCo memory bank (``PretrainModule`` saves those). :cl
 states with fine-tuning's helpers (tensors and plain numbers, so the file loads with ``weights_only=True``).
 
 It rides in the epoch-end checkpoint ``ModelCheckpoint`` writes: by then the epoch has drawn everything (the
-validation loader included), and the next epoch's first draw comes after ``on_fit_start``, where a resume puts them
-back.
+validation loader included). A resume puts the loader's generator back as soon as Lightning hands the state over
+(before Lightning builds the loader iterator, which draws from it) and the global states at ``on_fit_start``.
 """
 
 from __future__ import annotations
