@@ -98,7 +98,7 @@ def test_a_killed_segmentation_run_resumes_with_the_same_patches_and_numbers(mon
 def test_without_restoring_the_random_states_the_resumed_run_differs(tiny2d, make_backbone, monkeypatch, tmp_path):
     """The check above is sharp: Lightning's own state alone does not reproduce the data order and draws."""
     whole = run(tiny2d, make_backbone, tmp_path / "whole", policy={"augment": "light"})
-    monkeypatch.setattr(resume, "_set_rng_state", lambda state, generator: None)
+    monkeypatch.setattr(resume, "set_rng_state", lambda state, generator: None)
     resumed = killed_then_resumed(tiny2d, make_backbone, monkeypatch, tmp_path / "resumed",
                                   policy={"augment": "light"})
     assert resumed.resumed_from == [KILL_AT]

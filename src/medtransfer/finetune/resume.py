@@ -53,7 +53,7 @@ def run_stamp(train: TrainConfig, seed: int, n_train: int, n_val: int) -> str:
     return f"seed {seed}, train {hashlib.sha256(settings.encode()).hexdigest()[:12]}, {n_train} / {n_val} examples"
 
 
-def _rng_state(generator: torch.Generator | None) -> dict:
+def rng_state(generator: torch.Generator | None) -> dict:
     np_state = np.random.get_state()
     state = {"torch": torch.get_rng_state(), "python": random.getstate(),
              "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
@@ -65,7 +65,7 @@ def _rng_state(generator: torch.Generator | None) -> dict:
     return state
 
 
-def _set_rng_state(state: dict, generator: torch.Generator | None) -> None:
+def set_rng_state(state: dict, generator: torch.Generator | None) -> None:
     torch.set_rng_state(state["torch"])
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
@@ -95,7 +95,7 @@ class ResumeState(L.Callback):
         self._restored: dict | None = None
 
     def state_dict(self) -> dict:
-        return {"stamp": self.stamp, "rng": _rng_state(self.generator), "resumed_from": list(self.resumed_from),
+        return {"stamp": self.stamp, "rng": rng_state(self.generator), "resumed_from": list(self.resumed_from),
                 "fit_s": self.earlier_s + time.perf_counter() - self.started}
 
     def load_state_dict(self, state: dict) -> None:
@@ -106,7 +106,7 @@ class ResumeState(L.Callback):
         first epoch's data order is drawn, which happens before ``on_train_epoch_start`` on a resume."""
         self.started = self.last_saved = time.perf_counter()
         if self._restored is not None:
-            _set_rng_state(self._restored["rng"], self.generator)
+            set_rng_state(self._restored["rng"], self.generator)
             self.earlier_s = float(self._restored["fit_s"])
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

@@ -9,14 +9,38 @@ forward them, is what makes a momentum encoder or an epoch schedule behave the s
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 
 import lightning as L
 import torch
+from torch import nn
 
 from medtransfer.data.transforms import to_unit_range
 from medtransfer.evaluate import compute_metrics
 from medtransfer.pretrain.base import BaseMethod
 from medtransfer.pretrain.probe import OnlineProbe
+
+
+BUFFERS_KEY = "method_non_persistent_buffers"
+
+
+@contextmanager
+def observing(backbone: nn.Module):
+    """The backbone in eval mode while the online probe looks at it, each module's mode restored after: the probe's
+    extra forward then neither updates BatchNorm running statistics nor draws dropout / drop-path randomness, so
+    a pre-training with the probe saves the same backbone as one without."""
+    modes = [(module, module.training) for module in backbone.modules()]
+    backbone.eval()
+    try:
+        yield backbone
+    finally:
+        for module, training in modes:
+            module.train(training)
+
+
+def _non_persistent_buffers(module: nn.Module) -> dict[str, torch.Tensor]:
+    persistent = module.state_dict().keys()
+    return {name: buffer for name, buffer in module.named_buffers() if name not in persistent}
 
 
 class PretrainModule(L.LightningModule):
@@ -38,13 +62,23 @@ class PretrainModule(L.LightningModule):
         for key, value in self.method.step_logs().items():
             self.log(f"pretrain/{key}", value, on_step=False, on_epoch=True, batch_size=len(images), sync_dist=True)
         if self.probe is not None and len(batch) > 1:  # labels reach the probe only, through detached features
-            with torch.no_grad():
+            with torch.no_grad(), observing(self.method.backbone):
                 features = self.method.backbone(self.method.normalise(images))
             probe_loss = self.probe.loss(features, batch[1])
             self.log("probe/train_loss", probe_loss, on_step=False, on_epoch=True, batch_size=len(images),
                      sync_dist=True)
             loss = loss + probe_loss
         return loss
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """Non-persistent buffers too (lightly's MoCo memory bank and its pointer): a resume without them would
+        start from a fresh random queue."""
+        checkpoint[BUFFERS_KEY] = {name: buffer.detach().cpu().clone()
+                                   for name, buffer in _non_persistent_buffers(self.method).items()}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        for name, value in checkpoint.get(BUFFERS_KEY, {}).items():
+            self.method.get_buffer(name).copy_(value)
 
     def on_after_backward(self):
         self.method.after_backward()

@@ -34,8 +34,13 @@ from medtransfer.pretrain import METHODS
 from medtransfer.pretrain.base import BaseMethod
 from medtransfer.pretrain.module import PretrainModule
 from medtransfer.pretrain.probe import OnlineProbe
+from medtransfer.pretrain.resume import RandomStates, carries_random_states
 
+log = logging.getLogger(__name__)
 CHECKPOINT_NAME = "backbone.safetensors"
+# Written by every pre-training since the online probe only observes; a checkpoint without it whose log shows the
+# probe ran holds a backbone the probe perturbed (BatchNorm statistics, random draws) and is trained again.
+PROBE_ISOLATED = "probe_isolated"
 
 
 def _init_source(cfg: PretrainConfig) -> WeightsSource | None:
@@ -107,6 +112,17 @@ def check_data(cfg: PretrainConfig, data) -> None:
                           f"task {data.task!r} with {len(data.val)} validation images; allowed: online_probe: false")
 
 
+def probe_perturbed(checkpoint: Path) -> bool:
+    """Whether ``checkpoint`` was pre-trained with an online probe that still updated the backbone's BatchNorm
+    statistics and moved its random draws: no ``probe_isolated`` marker, and a ``probe/`` column in the log beside
+    it. Probe-off pre-trainings (no such column) stay valid whatever their age."""
+    log_file = checkpoint.parent / "metrics.csv"
+    if PROBE_ISOLATED in read_metadata(checkpoint) or not log_file.exists():
+        return False
+    with open(log_file) as f:
+        return any(column.startswith("probe/") for column in f.readline().strip().split(","))
+
+
 def _resume_point(output: Path, key: str, resume: bool | str) -> Path | None:
     """The Lightning checkpoint to continue from: required with resume=True, used when present with "auto"."""
     last, stamp = output / "lightning" / "last.ckpt", output / "lightning" / "config_hash"
@@ -119,7 +135,14 @@ def _resume_point(output: Path, key: str, resume: bool | str) -> Path | None:
             return None
         raise ConfigError(f"--resume: the config differs from the one {output} was started with; "
                           "use another output folder, or the original config")
-    check_loadable(last, f"delete {last.parent} to start this pre-training over")  # a planted pickle: refused
+    start_over = f"delete {last.parent} to start this pre-training over"
+    state = check_loadable(last, start_over)  # a planted pickle: refused
+    if not carries_random_states(state):  # older state: a resume would replay epoch 0's data order and views
+        if resume == "auto":
+            log.warning("%s: written before resumes restored random states; starting over", last)
+            return None
+        raise ConfigError(f"--resume: {last} was written without the random states an exact resume needs; "
+                          f"{start_over}, or use --no-resume")
     return last
 
 
@@ -177,7 +200,13 @@ class PretrainPlan:
     def finished(self, output: Path) -> Path | None:
         """The checkpoint of this very config in ``output``, if it was written (then nothing needs training)."""
         checkpoint = Path(output) / CHECKPOINT_NAME
-        return checkpoint if checkpoint.exists() and read_metadata(checkpoint).get("config_hash") == self.key else None
+        if not checkpoint.exists() or read_metadata(checkpoint).get("config_hash") != self.key:
+            return None
+        if probe_perturbed(checkpoint):
+            log.warning("%s: pre-trained with an online probe that changed its backbone (before the probe only "
+                        "observed); pre-training it again", checkpoint)
+            return None
+        return checkpoint
 
     def run(self, output: Path, verbose: bool = False, resume: bool | str = "auto") -> Path:
         """Pre-train into ``output`` (or reuse its finished checkpoint); returns the checkpoint's path."""
@@ -194,13 +223,14 @@ class PretrainPlan:
         backbone = self.backbone()
         chain, lineage = self._start_from_init(backbone)
         module = self._module(backbone)
-        trainer = self._fit(module, output, resume_from, verbose)
+        trainer, resumed_from = self._fit(module, output, resume_from, verbose)
         if trainer.is_global_zero:
             save_backbone(backbone, checkpoint, method=cfg.method, family=module.method.family,
                           dataset=cfg.data.name, epochs=cfg.epochs, config=resolved_pretrain_config(cfg),
                           config_hash=self.key, init_chain=chain, lineage=lineage + [cfg.data.name, cfg.method],
                           normalisation=self.init_normalisation.for_channels(self.data.in_chans).to_dict(),
-                          final_loss=float(trainer.callback_metrics.get("pretrain/loss", float("nan"))))
+                          final_loss=float(trainer.callback_metrics.get("pretrain/loss", float("nan"))),
+                          online_probe=cfg.online_probe, resumed_from_epochs=resumed_from, **{PROBE_ISOLATED: True})
             shutil.rmtree(output / "lightning", ignore_errors=True)  # finished: the resume state is no longer needed
         trainer.strategy.barrier("pretrain checkpoint written")  # under DDP, other ranks read it next
         return checkpoint
@@ -221,10 +251,14 @@ class PretrainPlan:
         """The method on ``backbone``, fed the init's normalisation, inside the one Lightning module that drives it."""
         cfg, data = self.cfg, self.data
         method_cls = METHODS[cfg.method]
-        probe = OnlineProbe(backbone.num_features, data.task, data.num_classes) if cfg.online_probe else None
         labels_info = {"task": data.task, "num_classes": data.num_classes} if method_cls.needs_labels else {}
         method = method_cls(backbone, self.options, views=cfg.views, input_size=self.input_size,
                             n_images=len(data.train), **labels_info)
+        probe = None
+        if cfg.online_probe:
+            # built on the CPU, after the method, on a forked state: the method's draws stay those of a probe-off run
+            with torch.random.fork_rng(devices=[]):
+                probe = OnlineProbe(backbone.num_features, data.task, data.num_classes)
         normalisation = self.init_normalisation.for_channels(data.in_chans)
         for part in method.modules():  # multi_ssl's sub-methods normalise for themselves
             if isinstance(part, BaseMethod):
@@ -232,32 +266,38 @@ class PretrainPlan:
         return PretrainModule(method, lr=cfg.lr, weight_decay=cfg.weight_decay, epochs=cfg.epochs,
                               warmup_epochs=cfg.warmup_epochs, probe=probe)
 
-    def _fit(self, module: PretrainModule, output: Path, resume_from: Path | None, verbose: bool) -> L.Trainer:
+    def _fit(self, module: PretrainModule, output: Path, resume_from: Path | None,
+             verbose: bool) -> tuple[L.Trainer, list[int]]:
+        """Train; returns the trainer and the epochs this run was resumed at."""
         cfg, data = self.cfg, self.data
         # Labels travel only to the online probe (detached features) and to methods that train on them (supervised).
         with_labels = module.probe is not None or module.method.needs_labels
         train_tensors = (torch.from_numpy(data.train.images),) + (
             (torch.from_numpy(data.train.labels),) if with_labels else ())
         batch_size = min(cfg.batch_size, len(data.train))
+        order = torch.Generator().manual_seed(cfg.seed)
         loader = DataLoader(TensorDataset(*train_tensors), batch_size=batch_size, shuffle=True, drop_last=True,
-                            generator=torch.Generator().manual_seed(cfg.seed))
+                            generator=order)
+        # its own generator: iterating a loader draws a seed, which must not come from the global random state
         val_loader = DataLoader(TensorDataset(torch.from_numpy(data.val.images), torch.from_numpy(data.val.labels)),
-                                batch_size=max(256, batch_size)) if module.probe else None
+                                batch_size=max(256, batch_size),
+                                generator=torch.Generator().manual_seed(cfg.seed)) if module.probe else None
         (output / "lightning").mkdir(parents=True, exist_ok=True)
         (output / "lightning" / "config_hash").write_text(self.key)
         if not verbose:
             logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
         last_epoch = ModelCheckpoint(dirpath=output / "lightning", filename="last", save_top_k=1,  # for resume
                                      enable_version_counter=False)
+        random_states = RandomStates(order)
         trainer = L.Trainer(max_epochs=cfg.epochs, default_root_dir=output,
-                            logger=CSVLogger(output, name="", version=""), callbacks=[last_epoch],
+                            logger=CSVLogger(output, name="", version=""), callbacks=[random_states, last_epoch],
                             enable_progress_bar=verbose, enable_model_summary=False, num_sanity_val_steps=0,
                             log_every_n_steps=1, **trainer_kwargs(cfg.hardware, data.spatial_dims))
         earlier_log = _read_log(output) if resume_from else None
         trainer.fit(module, loader, val_loader, ckpt_path=resume_from, weights_only=True)  # tensors and plain data
         if earlier_log is not None and trainer.is_global_zero:
             _merge_log(output, earlier_log)
-        return trainer
+        return trainer, random_states.resumed_from
 
 
 def pretrain(cfg: PretrainConfig, output: Path | None = None, verbose: bool = False,
